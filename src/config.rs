@@ -1,0 +1,216 @@
+//! Typed configuration: command-line flags, each also readable from a `PORTICO_*` environment variable, turned
+//! into validated structs once in `main` and passed down.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::telemetry::LogFormat;
+use crate::user_service::FeedConfig;
+use crate::user_service::password::HashCost;
+
+/// Portico: a REST-to-gRPC gateway and the UserService behind it.
+#[derive(Debug, Parser)]
+#[command(name = "portico", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log line format.
+    #[arg(long, global = true, env = "PORTICO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// What to run.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the UserService gRPC server (with grpc.health.v1 and server reflection).
+    UserService(UserServiceArgs),
+}
+
+/// Flags of `portico user-service`.
+#[derive(Debug, Clone, Args)]
+pub struct UserServiceArgs {
+    /// Address for gRPC (host:port; port 0 picks a free port).
+    #[arg(long, env = "PORTICO_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Database: a SQLite URL (`sqlite://portico.db`, `sqlite::memory:`) or a plain file path.
+    #[arg(long, env = "PORTICO_DB", default_value = "portico.db")]
+    pub db: String,
+
+    /// Changes kept in the change log for WatchUsers' since_revision resumes.
+    #[arg(long, env = "PORTICO_CHANGE_LOG_WINDOW", default_value_t = 10_000)]
+    pub change_log_window: u32,
+
+    /// Changes buffered in memory for watchers; a watcher further behind catches up from the database.
+    #[arg(long, env = "PORTICO_WATCH_BUFFER", default_value_t = 1024)]
+    pub watch_buffer: usize,
+
+    /// How often to look for changes committed by other processes sharing the database.
+    #[arg(long, env = "PORTICO_WATCH_POLL_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
+    pub watch_poll_interval: Duration,
+
+    /// Argon2id memory cost in KiB for password hashes.
+    #[arg(long, env = "PORTICO_PASSWORD_HASH_MEMORY_KIB", default_value_t = HashCost::default().memory_kib)]
+    pub password_hash_memory_kib: u32,
+
+    /// Argon2id iterations for password hashes.
+    #[arg(long, env = "PORTICO_PASSWORD_HASH_ITERATIONS", default_value_t = HashCost::default().iterations)]
+    pub password_hash_iterations: u32,
+
+    /// How long in-flight calls may finish after SIGTERM/SIGINT before the process exits.
+    #[arg(long, env = "PORTICO_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// How often the database is checked for grpc.health.v1.
+    #[arg(long, env = "PORTICO_HEALTH_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub health_check_interval: Duration,
+}
+
+/// The UserService's settings, validated.
+#[derive(Debug, Clone)]
+pub struct UserServiceConfig {
+    pub database_url: String,
+    pub change_log_window: u32,
+    pub feed: FeedConfig,
+    pub password_hash_cost: HashCost,
+    pub drain_timeout: Duration,
+    pub health_check_interval: Duration,
+}
+
+/// A setting that cannot work, named with the flag that sets it.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid --{flag}: {reason}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub reason: String,
+}
+
+impl UserServiceConfig {
+    /// Defaults, for a database URL: what the flags give when only `--db` is set.
+    pub fn new(database_url: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            change_log_window: 10_000,
+            feed: FeedConfig::default(),
+            password_hash_cost: HashCost::default(),
+            drain_timeout: Duration::from_secs(30),
+            health_check_interval: Duration::from_secs(5),
+        }
+    }
+
+    /// Checks the settings that flags' types cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.database_url.starts_with("sqlite:") {
+            return Err(ConfigError {
+                flag: "db",
+                reason: format!("{:?} is not a SQLite URL or file path", self.database_url),
+            });
+        }
+        let positive = [
+            ("change-log-window", self.change_log_window as usize),
+            ("watch-buffer", self.feed.broadcast_capacity),
+            ("password-hash-iterations", self.password_hash_cost.iterations as usize),
+        ];
+        for (flag, value) in positive {
+            if value == 0 {
+                return Err(ConfigError { flag, reason: "must be at least 1".into() });
+            }
+        }
+        if self.password_hash_cost.memory_kib < 8 {
+            return Err(ConfigError { flag: "password-hash-memory-kib", reason: "must be at least 8".into() });
+        }
+        for (flag, value) in
+            [("watch-poll-interval", self.feed.poll_interval), ("health-check-interval", self.health_check_interval)]
+        {
+            if value.is_zero() {
+                return Err(ConfigError { flag, reason: "must be longer than 0".into() });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TryFrom<&UserServiceArgs> for UserServiceConfig {
+    type Error = ConfigError;
+
+    fn try_from(args: &UserServiceArgs) -> Result<Self, ConfigError> {
+        let config = Self {
+            database_url: database_url(&args.db),
+            change_log_window: args.change_log_window,
+            feed: FeedConfig {
+                broadcast_capacity: args.watch_buffer,
+                poll_interval: args.watch_poll_interval,
+                ..FeedConfig::default()
+            },
+            password_hash_cost: HashCost {
+                memory_kib: args.password_hash_memory_kib,
+                iterations: args.password_hash_iterations,
+            },
+            drain_timeout: args.drain_timeout,
+            health_check_interval: args.health_check_interval,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// A plain path becomes a SQLite URL; URLs pass through.
+fn database_url(db: &str) -> String {
+    if db.contains("://") || db.starts_with("sqlite:") || db.starts_with("postgres") {
+        db.to_string()
+    } else {
+        format!("sqlite://{db}")
+    }
+}
+
+/// Parses `250ms`, `30s`, `5m`, `1h` (a number and a unit).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 250ms, 30s, 5m or 1h"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(value)),
+        "s" => Ok(Duration::from_secs(value)),
+        "m" => Ok(Duration::from_secs(value * 60)),
+        "h" => Ok(Duration::from_secs(value * 3600)),
+        _ => Err(format!("{text:?} needs a unit: ms, s, m or h (e.g. 30s)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "30", "s", "-1s", "1.5s", "10 parsecs"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn database_urls() {
+        assert_eq!(database_url("portico.db"), "sqlite://portico.db");
+        assert_eq!(database_url("/var/lib/portico/users.db"), "sqlite:///var/lib/portico/users.db");
+        assert_eq!(database_url("sqlite::memory:"), "sqlite::memory:");
+        assert_eq!(database_url("sqlite://x.db?mode=rwc"), "sqlite://x.db?mode=rwc");
+    }
+
+    #[test]
+    fn validation_names_the_flag() {
+        let mut config = UserServiceConfig::new("postgres://localhost/test");
+        assert_eq!(config.validate().map_err(|e| e.flag).err(), Some("db"));
+        config.database_url = "sqlite::memory:".into();
+        assert!(config.validate().is_ok());
+        config.change_log_window = 0;
+        assert_eq!(config.validate().map_err(|e| e.flag).err(), Some("change-log-window"));
+    }
+}

@@ -1,0 +1,6 @@
+//! Portico: a REST-to-gRPC gateway driven by `google.api.http` annotations, and the UserService it fronts.
+
+pub mod config;
+pub mod proto;
+pub mod telemetry;
+pub mod user_service;

@@ -1,0 +1,254 @@
+//! The change feed and WatchUsers streams.
+//!
+//! One task per process tails the store's change log and fans every committed change out over a bounded
+//! broadcast channel; watchers never poll the database themselves while they keep up. The task wakes as soon
+//! as this process commits, and also polls on an interval so changes committed by other processes sharing the
+//! database (replicas) arrive too.
+//!
+//! A watcher that falls behind the broadcast buffer catches up from the change log in the database, page by
+//! page, so memory stays bounded by the buffer sizes whatever the watcher's speed. Only when the change it
+//! needs has been pruned from the log is it ended, with ABORTED.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::proto::user::{UserEvent, UserEventType};
+use crate::user_service::error::ServiceError;
+use crate::user_service::filter::Filter;
+use crate::user_service::store::{Change, Store, StoreError};
+
+/// Sizes and timings of the feed.
+#[derive(Debug, Clone, Copy)]
+pub struct FeedConfig {
+    /// Changes held for watchers that have not received them yet; a watcher further behind reads the database.
+    pub broadcast_capacity: usize,
+    /// Events queued per watcher between its task and the gRPC stream.
+    pub watcher_buffer: usize,
+    /// How often the feed looks for changes committed by other processes.
+    pub poll_interval: Duration,
+    /// Change-log rows read per query.
+    pub page_size: u32,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        Self { broadcast_capacity: 1024, watcher_buffer: 64, poll_interval: Duration::from_millis(250), page_size: 500 }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum FeedItem {
+    Change(Arc<Change>),
+    /// The feed itself fell behind the pruned log: watchers cannot know what they missed.
+    Gap,
+}
+
+/// The process-wide fan-out of committed changes.
+pub struct ChangeFeed {
+    store: Arc<dyn Store>,
+    sender: broadcast::Sender<FeedItem>,
+    wake: Notify,
+    config: FeedConfig,
+    shutdown: CancellationToken,
+}
+
+impl ChangeFeed {
+    /// Starts the feed at the store's latest revision. It runs until `shutdown` is cancelled; watchers then
+    /// end with UNAVAILABLE.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        config: FeedConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, StoreError> {
+        let start = store.head_revision().await?;
+        let (sender, _) = broadcast::channel(config.broadcast_capacity.max(1));
+        let feed = Arc::new(Self { store, sender, wake: Notify::new(), config, shutdown });
+        tokio::spawn(Arc::clone(&feed).tail(start));
+        Ok(feed)
+    }
+
+    /// Tells the feed that this process just committed a change, so watchers see it without waiting for a poll.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    async fn tail(self: Arc<Self>, mut last: i64) {
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(self.config.poll_interval) => {}
+            }
+            loop {
+                match self.store.changes_after(last, self.config.page_size).await {
+                    Ok(changes) => {
+                        let full_page = changes.len() == self.config.page_size as usize;
+                        for change in changes {
+                            last = change.revision;
+                            // No receivers is fine: nobody is watching.
+                            let _ = self.sender.send(FeedItem::Change(Arc::new(change)));
+                        }
+                        if !full_page {
+                            break;
+                        }
+                    }
+                    Err(StoreError::RevisionCompacted { oldest, .. }) => {
+                        tracing::error!(last, oldest, "change feed fell behind the change log; ending watches");
+                        let _ = self.sender.send(FeedItem::Gap);
+                        last = oldest - 1;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "change feed cannot read the change log; retrying");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens a watch: a snapshot then live changes (`since_revision == 0`), or the changes after
+    /// `since_revision`. Errors are delivered as the stream's final status.
+    pub fn watch(self: &Arc<Self>, filter: Filter, since_revision: i64) -> ReceiverStream<Result<UserEvent, Status>> {
+        let (events, receiver) = mpsc::channel(self.config.watcher_buffer.max(1));
+        // Subscribe before reading the database: every change committed after the snapshot (or the catch-up)
+        // is then in the subscription, and duplicates are skipped by revision.
+        let subscription = self.sender.subscribe();
+        let feed = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut watcher = Watcher { feed: &feed, filter, events: &events, last: since_revision };
+            let outcome = tokio::select! {
+                outcome = watcher.run(subscription, since_revision) => outcome,
+                () = feed.shutdown.cancelled() => Err(WatchEnd::Shutdown),
+                () = events.closed() => Err(WatchEnd::ClientGone),
+            };
+            let status = match outcome {
+                Ok(()) | Err(WatchEnd::ClientGone) => return,
+                Err(WatchEnd::Status(status)) => status,
+                Err(WatchEnd::Shutdown) => {
+                    Status::unavailable(format!("server is shutting down; resume with since_revision={}", watcher.last))
+                }
+            };
+            // The client may be gone already; then there is nobody to tell.
+            let _ = events.send(Err(status)).await;
+        });
+        ReceiverStream::new(receiver)
+    }
+}
+
+/// Why a watch stopped.
+enum WatchEnd {
+    ClientGone,
+    Shutdown,
+    Status(Status),
+}
+
+impl From<ServiceError> for WatchEnd {
+    fn from(error: ServiceError) -> Self {
+        Self::Status(error.into())
+    }
+}
+
+struct Watcher<'a> {
+    feed: &'a ChangeFeed,
+    filter: Filter,
+    events: &'a mpsc::Sender<Result<UserEvent, Status>>,
+    /// The last revision processed (delivered or filtered out); changes at or below it are duplicates.
+    last: i64,
+}
+
+impl Watcher<'_> {
+    async fn run(
+        &mut self,
+        mut subscription: broadcast::Receiver<FeedItem>,
+        since_revision: i64,
+    ) -> Result<(), WatchEnd> {
+        if since_revision == 0 {
+            let snapshot = self.feed.store.snapshot(&self.filter).await.map_err(ServiceError::from)?;
+            for user in snapshot.users {
+                self.send(UserEvent { r#type: UserEventType::Existing as i32, user: Some(user), revision: 0 }).await?;
+            }
+            let marker =
+                UserEvent { r#type: UserEventType::SnapshotComplete as i32, user: None, revision: snapshot.revision };
+            self.send(marker).await?;
+            self.last = snapshot.revision;
+        } else {
+            // Too old or ahead is the client's problem here: FAILED_PRECONDITION, via the store error.
+            self.catch_up().await.map_err(|e| match e {
+                CatchUpError::Store(store) => WatchEnd::from(ServiceError::from(store)),
+                CatchUpError::End(end) => end,
+            })?;
+        }
+        loop {
+            match subscription.recv().await {
+                Ok(FeedItem::Change(change)) => self.deliver(&change).await?,
+                Ok(FeedItem::Gap) => return Err(self.fell_behind()),
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Missed changes are still in the database's log; a compacted log means this watcher is
+                    // too slow to be served.
+                    self.catch_up().await.map_err(|e| match e {
+                        CatchUpError::Store(StoreError::RevisionCompacted { .. }) => self.fell_behind(),
+                        CatchUpError::Store(store) => WatchEnd::from(ServiceError::from(store)),
+                        CatchUpError::End(end) => end,
+                    })?;
+                }
+                Err(broadcast::error::RecvError::Closed) => return Err(WatchEnd::Shutdown),
+            }
+        }
+    }
+
+    /// Delivers the change log after `self.last` from the database, page by page.
+    async fn catch_up(&mut self) -> Result<(), CatchUpError> {
+        loop {
+            let page = self.feed.config.page_size;
+            let changes = self.feed.store.changes_after(self.last, page).await.map_err(CatchUpError::Store)?;
+            let full_page = changes.len() == page as usize;
+            for change in &changes {
+                self.deliver(change).await.map_err(CatchUpError::End)?;
+            }
+            if !full_page {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends a change if it is new and concerns the filter: it matches the user after the change, or before it
+    /// (so a watcher sees a user leave its filter).
+    async fn deliver(&mut self, change: &Change) -> Result<(), WatchEnd> {
+        if change.revision <= self.last {
+            return Ok(());
+        }
+        let relevant = self.filter.matches(&change.user)
+            || change.previous.as_ref().is_some_and(|previous| self.filter.matches(previous));
+        if relevant {
+            let event = UserEvent {
+                r#type: change.kind.event_type() as i32,
+                user: Some(change.user.clone()),
+                revision: change.revision,
+            };
+            self.send(event).await?;
+        }
+        self.last = change.revision;
+        Ok(())
+    }
+
+    async fn send(&self, event: UserEvent) -> Result<(), WatchEnd> {
+        self.events.send(Ok(event)).await.map_err(|_| WatchEnd::ClientGone)
+    }
+
+    fn fell_behind(&self) -> WatchEnd {
+        WatchEnd::Status(
+            ServiceError::Aborted(format!("watch fell behind; resume with since_revision={} or re-list", self.last))
+                .into(),
+        )
+    }
+}
+
+enum CatchUpError {
+    Store(StoreError),
+    End(WatchEnd),
+}

@@ -1,0 +1,131 @@
+//! The UserService: the backing gRPC service, with durable storage, validation, pagination, filters and a live
+//! change feed. [`serve`] runs it with grpc.health.v1 and server reflection on one listener.
+
+mod error;
+mod events;
+pub mod filter;
+mod layers;
+pub mod page_token;
+pub mod password;
+mod service;
+pub mod store;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+pub use events::FeedConfig;
+pub use layers::{CallLogLayer, code_name};
+pub use service::{DEFAULT_PAGE_SIZE, MAX_BATCH_ITEMS, MAX_PAGE_SIZE, UserServiceImpl};
+
+use crate::config::UserServiceConfig;
+use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::proto::user::user_service_server::UserServiceServer;
+use password::PasswordHasher;
+use store::{SqliteStore, Store, StoreError};
+
+/// The name the service reports under in grpc.health.v1.
+pub const SERVICE_NAME: &str = "user.UserService";
+/// No UserService message comes near this (a CreateUserRequest at its limits is under 8 KiB); a smaller cap
+/// keeps a 1000-item batch from holding gigabytes.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot open the database: {0}")]
+    Store(#[from] StoreError),
+    #[error("invalid password hashing parameters: {0}")]
+    Hash(#[from] password::HashError),
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Opens the store and serves the UserService on `listener` until `shutdown` is cancelled, then drains
+/// in-flight calls for at most `config.drain_timeout` (watches end at once with UNAVAILABLE).
+///
+/// Fails when the database cannot be opened or migrated, or the server cannot run.
+pub async fn serve(
+    config: &UserServiceConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.database_url, config.change_log_window).await?);
+    let hasher = PasswordHasher::new(config.password_hash_cost)?;
+    let feed = events::ChangeFeed::start(Arc::clone(&store), config.feed, shutdown.clone()).await?;
+    let service = UserServiceImpl::new(Arc::clone(&store), hasher, feed);
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    tokio::spawn(report_database_health(store, reporter, config.health_check_interval, shutdown.clone()));
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let server = Server::builder()
+        .layer(CallLogLayer)
+        .add_service(
+            UserServiceServer::new(service)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned());
+
+    let drain_deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(config.drain_timeout).await;
+    };
+    tokio::select! {
+        result = server => Ok(result?),
+        () = drain_deadline => {
+            tracing::warn!(timeout = ?config.drain_timeout, "drain timed out; closing remaining calls");
+            Ok(())
+        }
+    }
+}
+
+/// Keeps grpc.health.v1 in step with the database: SERVING while it answers, NOT_SERVING otherwise and from
+/// the moment shutdown starts (so load balancers stop sending work during the drain).
+async fn report_database_health(
+    store: Arc<dyn Store>,
+    reporter: HealthReporter,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut last = None;
+    loop {
+        let status = match store.ping(interval.max(Duration::from_secs(1))).await {
+            Ok(()) => ServingStatus::Serving,
+            Err(error) => {
+                tracing::warn!(%error, "database health check failed");
+                ServingStatus::NotServing
+            }
+        };
+        if last != Some(status) {
+            reporter.set_service_status("", status).await;
+            reporter.set_service_status(SERVICE_NAME, status).await;
+            last = Some(status);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+    reporter.set_service_status("", ServingStatus::NotServing).await;
+    reporter.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
+}

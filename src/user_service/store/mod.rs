@@ -1,0 +1,132 @@
+//! Storage behind the UserService: the [`Store`] trait, its data types, and its implementations.
+//!
+//! A store keeps users and a bounded change log. Every mutation commits the user rows and one change-log entry
+//! per affected user in one transaction, so the log's revisions follow commit order and a reader never sees a
+//! user change without its log entry.
+
+mod sqlite;
+
+use std::time::Duration;
+
+pub use sqlite::SqliteStore;
+
+use crate::proto::user::{User, UserEventType, UserStatus};
+use crate::user_service::filter::Filter;
+
+/// A user to insert: validated input with the password already hashed.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub name: String,
+    pub email: String,
+    pub roles: Vec<String>,
+    pub password_hash: String,
+}
+
+/// The fields an update changes; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserPatch {
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub roles: Option<Vec<String>>,
+    pub status: Option<UserStatus>,
+}
+
+impl UserPatch {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// The kind of a committed change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Created,
+    Updated,
+    Deleted,
+}
+
+impl ChangeKind {
+    pub fn event_type(self) -> UserEventType {
+        match self {
+            Self::Created => UserEventType::Created,
+            Self::Updated => UserEventType::Updated,
+            Self::Deleted => UserEventType::Deleted,
+        }
+    }
+}
+
+/// One entry of the change log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// Strictly increasing with commit order.
+    pub revision: i64,
+    pub kind: ChangeKind,
+    /// The user after the change (for a delete: its last values).
+    pub user: User,
+    /// The user before an update, so a watcher filtering on a field sees a user leave its filter.
+    pub previous: Option<User>,
+}
+
+/// A consistent view of the matching users and the revision it reflects.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub users: Vec<User>,
+    pub revision: i64,
+}
+
+/// Typed storage failures; the service maps them to gRPC statuses.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("user {0} not found")]
+    NotFound(i64),
+    /// `index` is the position in a batch, when the insert was one.
+    #[error("email {email:?} is already used by another user")]
+    EmailTaken { email: String, index: Option<usize> },
+    #[error("revision {requested} is no longer in the change log (oldest retained: {oldest})")]
+    RevisionCompacted { requested: i64, oldest: i64 },
+    #[error("revision {requested} is ahead of the latest revision {latest}")]
+    RevisionAhead { requested: i64, latest: i64 },
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Durable storage of users and their change log.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The user with this id, or [`StoreError::NotFound`].
+    async fn get_user(&self, id: i64) -> Result<User, StoreError>;
+
+    /// Up to `limit` users matching `filter` with ids greater than `after_id`, in ascending id order.
+    async fn list_users(&self, filter: &Filter, after_id: i64, limit: u32) -> Result<Vec<User>, StoreError>;
+
+    /// How many users match `filter`.
+    async fn count_users(&self, filter: &Filter) -> Result<i64, StoreError>;
+
+    /// Inserts all users in one transaction, or none: on an email clash nothing is stored and the error names
+    /// the item's index.
+    async fn create_users(&self, users: Vec<NewUser>) -> Result<Vec<User>, StoreError>;
+
+    /// Applies `patch` to user `id` and returns the result. An update that changes nothing commits nothing.
+    async fn update_user(&self, id: i64, patch: UserPatch) -> Result<User, StoreError>;
+
+    /// Deletes user `id`, or fails with [`StoreError::NotFound`].
+    async fn delete_user(&self, id: i64) -> Result<(), StoreError>;
+
+    /// The latest committed revision (0 before the first change).
+    async fn head_revision(&self) -> Result<i64, StoreError>;
+
+    /// The users matching `filter` and the revision they reflect, read in one consistent transaction.
+    async fn snapshot(&self, filter: &Filter) -> Result<Snapshot, StoreError>;
+
+    /// Up to `limit` changes with revisions greater than `after`, in order. Fails with
+    /// [`StoreError::RevisionCompacted`] when changes after `after` were already dropped from the log, and
+    /// [`StoreError::RevisionAhead`] when `after` is beyond the latest revision.
+    async fn changes_after(&self, after: i64, limit: u32) -> Result<Vec<Change>, StoreError>;
+
+    /// Checks that the database answers, within `timeout`.
+    async fn ping(&self, timeout: Duration) -> Result<(), StoreError>;
+}
