@@ -1,0 +1,100 @@
+//! Starts real UserService servers on 127.0.0.1:0 with a throwaway SQLite file, and connects real clients.
+#![allow(dead_code)] // each test file uses a different part of this module
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use portico::config::UserServiceConfig;
+use portico::proto::user::user_service_client::UserServiceClient;
+use portico::proto::user::{CreateUserRequest, User};
+use portico::user_service::password::HashCost;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+pub type Client = UserServiceClient<Channel>;
+pub type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// Cheap hashes: the tests create thousands of users; the production cost is tested in password.rs.
+pub const TEST_HASH_COST: HashCost = HashCost { memory_kib: 64, iterations: 1 };
+
+/// A running UserService; stops (and deletes its database) when dropped.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub handle: Option<JoinHandle<Result<(), portico::user_service::ServeError>>>,
+    pub db_path: PathBuf,
+    _dir: TempDir,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Settings every test server shares: a file database in `dir`, fast hashing, quick polls.
+pub fn test_config(dir: &TempDir) -> UserServiceConfig {
+    let mut config = UserServiceConfig::new(format!("sqlite://{}", dir.path().join("users.db").display()));
+    config.password_hash_cost = TEST_HASH_COST;
+    config.feed.poll_interval = Duration::from_millis(50);
+    config.health_check_interval = Duration::from_millis(100);
+    config.drain_timeout = Duration::from_secs(5);
+    config
+}
+
+pub async fn start() -> TestServer {
+    start_with(|_| {}).await
+}
+
+pub async fn start_with(adjust: impl FnOnce(&mut UserServiceConfig)) -> TestServer {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = test_config(&dir);
+    adjust(&mut config);
+    config.validate().expect("valid test config");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local addr");
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let handle = tokio::spawn(async move { portico::user_service::serve(&config, listener, token).await });
+    TestServer { addr, shutdown, handle: Some(handle), db_path: dir.path().join("users.db"), _dir: dir }
+}
+
+impl TestServer {
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::from_shared(format!("http://{}", self.addr))
+            .expect("endpoint")
+            .connect_timeout(Duration::from_secs(5))
+    }
+
+    /// A client on its own connection; retries while the server is still opening its database.
+    pub async fn client(&self) -> Client {
+        for _ in 0..100 {
+            if let Ok(channel) = self.endpoint().connect().await {
+                return UserServiceClient::new(channel);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("server at {} did not come up", self.addr);
+    }
+}
+
+pub fn create_request(name: &str, email: &str) -> CreateUserRequest {
+    CreateUserRequest { name: name.into(), email: email.into(), password: "s3cret-passw0rd".into(), roles: vec![] }
+}
+
+pub async fn create(client: &mut Client, name: &str, email: &str) -> User {
+    client.create_user(create_request(name, email)).await.expect("create user").into_inner()
+}
+
+/// The google.rpc.BadRequest field violations of a status, as (field, description) pairs.
+pub fn violations(status: &tonic::Status) -> Vec<(String, String)> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|bad| bad.field_violations.into_iter().map(|v| (v.field, v.description)).collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,90 @@
+//! BatchCreateUsers (client streaming): all-or-nothing, with the failing item's index.
+
+mod common;
+
+use common::{Client, TestResult, create, create_request, start, violations};
+use portico::proto::user::{CreateUserRequest, ListUsersRequest};
+use tonic::Code;
+
+async fn count(client: &mut Client) -> Result<i32, tonic::Status> {
+    Ok(client.list_users(ListUsersRequest::default()).await?.into_inner().total_count)
+}
+
+#[tokio::test]
+async fn creates_every_item_in_order() -> TestResult {
+    let server = start().await;
+    let mut client = server.client().await;
+    let requests = vec![
+        create_request("Ada", "ada@example.com"),
+        CreateUserRequest { roles: vec!["admin".into()], ..create_request("Grace", "grace@example.com") },
+        create_request("Alan", "alan@example.com"),
+    ];
+    let users = client.batch_create_users(futures::stream::iter(requests)).await?.into_inner().users;
+    let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["Ada", "Grace", "Alan"]);
+    assert_eq!(users[1].roles, ["admin"]);
+    assert!(users.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!(count(&mut client).await?, 3);
+
+    let empty = client.batch_create_users(futures::stream::iter(Vec::<CreateUserRequest>::new())).await?.into_inner();
+    assert!(empty.users.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_invalid_item_stores_nothing_and_is_named_by_index() -> TestResult {
+    let server = start().await;
+    let mut client = server.client().await;
+    let requests = vec![
+        create_request("Ada", "ada@example.com"),
+        create_request("Grace", "grace@example.com"),
+        create_request("Broken", "not-an-email"),
+        create_request("Alan", "alan@example.com"),
+    ];
+    let status = client.batch_create_users(futures::stream::iter(requests)).await.expect_err("item 2 is invalid");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("batch item 2"), "{}", status.message());
+    assert_eq!(violations(&status)[0].0, "requests[2].email");
+    assert_eq!(count(&mut client).await?, 0, "nothing stored");
+
+    let duplicate = vec![create_request("A", "same@example.com"), create_request("B", "SAME@example.com")];
+    let status = client.batch_create_users(futures::stream::iter(duplicate)).await.expect_err("repeated email");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(violations(&status)[0], ("requests[1].email".to_string(), "repeats the email of item 0".to_string()));
+    assert_eq!(count(&mut client).await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_email_clash_with_a_stored_user_rolls_back_the_whole_batch() -> TestResult {
+    let server = start().await;
+    let mut client = server.client().await;
+    create(&mut client, "Existing", "taken@example.com").await;
+    let requests = vec![
+        create_request("Ada", "ada@example.com"),
+        create_request("Grace", "grace@example.com"),
+        create_request("Clash", "Taken@Example.com"),
+    ];
+    let status = client.batch_create_users(futures::stream::iter(requests)).await.expect_err("clash");
+    assert_eq!(status.code(), Code::AlreadyExists);
+    assert!(status.message().contains("item 2"), "{}", status.message());
+    assert_eq!(violations(&status)[0].0, "requests[2].email");
+    assert_eq!(count(&mut client).await?, 1, "items 0 and 1 were rolled back");
+    Ok(())
+}
+
+#[tokio::test]
+async fn more_than_1000_items_are_refused_and_nothing_is_stored() -> TestResult {
+    let server = start().await;
+    let mut client = server.client().await;
+    let requests: Vec<_> = (0..1001).map(|i| create_request("U", &format!("u{i}@example.com"))).collect();
+    let status = client.batch_create_users(futures::stream::iter(requests)).await.expect_err("too many");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("at most 1000"), "{}", status.message());
+    assert_eq!(count(&mut client).await?, 0);
+
+    let requests: Vec<_> = (0..1000).map(|i| create_request("U", &format!("u{i}@example.com"))).collect();
+    let users = client.batch_create_users(futures::stream::iter(requests)).await?.into_inner().users;
+    assert_eq!(users.len(), 1000, "exactly 1000 is allowed");
+    Ok(())
+}
