@@ -33,3 +33,25 @@ pub mod user {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use prost_reflect::Value;
+
+    use super::DESCRIPTOR_POOL;
+
+    /// The gateway reads routes from these options; protox's decoded descriptor set would have dropped them.
+    #[test]
+    fn embedded_descriptors_keep_the_http_rules() {
+        let service = DESCRIPTOR_POOL.get_service_by_name("user.UserService").expect("service in the pool");
+        let http = DESCRIPTOR_POOL.get_extension_by_name("google.api.http").expect("google.api.http extension");
+        let get_user = service.methods().find(|m| m.name() == "GetUser").expect("GetUser");
+        let options = get_user.options();
+        assert!(options.has_extension(&http));
+        let rule = options.get_extension(&http);
+        let Value::Message(rule) = rule.as_ref() else { panic!("HttpRule is a message") };
+        assert_eq!(rule.get_field_by_name("get").as_deref().and_then(Value::as_str), Some("/v1/users/{id}"));
+        assert_eq!(rule.get_field_by_name("response_body").as_deref().and_then(Value::as_str), Some("user"));
+        assert!(service.methods().all(|m| m.options().has_extension(&http)), "every RPC has a rule");
+    }
+}

@@ -20,7 +20,7 @@ async fn create_then_get_returns_the_stored_user_without_the_password() -> TestR
     assert_eq!(created.email, "Ada@Example.com", "the email is stored as given");
     assert_eq!(created.roles, ["admin", "ops"]);
     assert_eq!(created.status, UserStatus::Active as i32);
-    let created_at = created.created_at.clone().ok_or("created_at is set")?;
+    let created_at = created.created_at.ok_or("created_at is set")?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
     assert!((now - created_at.seconds).abs() < 60, "created_at {created_at:?} is now");
 

@@ -65,7 +65,10 @@ pub async fn serve(
     let service = UserServiceImpl::new(Arc::clone(&store), hasher, feed);
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    tokio::spawn(report_database_health(store, reporter, config.health_check_interval, shutdown.clone()));
+    // Known before the first call arrives: health clients never see "service not registered".
+    let initial = database_status(store.as_ref(), config.health_check_interval).await;
+    set_health(&reporter, initial).await;
+    tokio::spawn(report_database_health(store, reporter, initial, config.health_check_interval, shutdown.clone()));
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -104,28 +107,36 @@ pub async fn serve(
 async fn report_database_health(
     store: Arc<dyn Store>,
     reporter: HealthReporter,
+    mut last: ServingStatus,
     interval: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut last = None;
     loop {
-        let status = match store.ping(interval.max(Duration::from_secs(1))).await {
-            Ok(()) => ServingStatus::Serving,
-            Err(error) => {
-                tracing::warn!(%error, "database health check failed");
-                ServingStatus::NotServing
-            }
-        };
-        if last != Some(status) {
-            reporter.set_service_status("", status).await;
-            reporter.set_service_status(SERVICE_NAME, status).await;
-            last = Some(status);
-        }
         tokio::select! {
             () = shutdown.cancelled() => break,
             () = tokio::time::sleep(interval) => {}
         }
+        let status = database_status(store.as_ref(), interval).await;
+        if status != last {
+            set_health(&reporter, status).await;
+            last = status;
+        }
     }
-    reporter.set_service_status("", ServingStatus::NotServing).await;
-    reporter.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
+    set_health(&reporter, ServingStatus::NotServing).await;
+}
+
+async fn database_status(store: &dyn Store, interval: Duration) -> ServingStatus {
+    match store.ping(interval.max(Duration::from_secs(1))).await {
+        Ok(()) => ServingStatus::Serving,
+        Err(error) => {
+            tracing::warn!(%error, "database health check failed");
+            ServingStatus::NotServing
+        }
+    }
+}
+
+/// The whole server ("") and the UserService share one status: the database is all they depend on.
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    reporter.set_service_status(SERVICE_NAME, status).await;
 }
