@@ -14,8 +14,9 @@ use crate::user_service::password::HashCost;
 #[derive(Debug, Parser)]
 #[command(name = "portico", version, about, propagate_version = true)]
 pub struct Cli {
+    /// What to run; without one, everything Portico has (today: the UserService with its defaults).
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 
     /// Log line format.
     #[arg(long, global = true, env = "PORTICO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -67,6 +68,18 @@ pub struct UserServiceArgs {
     /// How often the database is checked for grpc.health.v1.
     #[arg(long, env = "PORTICO_HEALTH_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub health_check_interval: Duration,
+}
+
+impl UserServiceArgs {
+    /// The flags' defaults, with `PORTICO_*` environment variables applied: what bare `portico` runs.
+    pub fn default_from_env() -> Self {
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            args: UserServiceArgs,
+        }
+        Defaults::parse_from(["portico"]).args
+    }
 }
 
 /// The UserService's settings, validated.

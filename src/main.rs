@@ -6,14 +6,15 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use portico::config::{Cli, Command, UserServiceConfig};
+use portico::config::{Cli, Command, UserServiceArgs, UserServiceConfig};
 use portico::{telemetry, user_service};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
-    match run(cli.command).await {
+    let command = cli.command.unwrap_or_else(|| Command::UserService(UserServiceArgs::default_from_env()));
+    match run(command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error}");

@@ -191,3 +191,34 @@ async fn delete_removes_the_user_and_its_id_is_never_reused() -> TestResult {
     assert!(again.id > ada.id);
     Ok(())
 }
+
+#[tokio::test]
+async fn an_in_memory_database_works_too() -> TestResult {
+    let server = common::start_with(|config| config.database_url = "sqlite::memory:".into()).await;
+    let mut client = server.client().await;
+    let ada = create(&mut client, "Ada", "ada@example.com").await;
+    let fetched = client.get_user(GetUserRequest { id: ada.id }).await?.into_inner().user;
+    assert_eq!(fetched, Some(ada));
+    Ok(())
+}
+
+#[tokio::test]
+async fn passwords_are_stored_only_as_argon2id_hashes() -> TestResult {
+    use sqlx::Connection;
+    let server = start().await;
+    let mut client = server.client().await;
+    let request =
+        CreateUserRequest { password: "Plaintext-Canary-42".into(), ..create_request("Ada", "ada@example.com") };
+    let ada = client.create_user(request).await?.into_inner();
+
+    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=ro", server.db_path.display())).await?;
+    let hash: String =
+        sqlx::query_scalar("SELECT password_hash FROM users WHERE id = ?").bind(ada.id).fetch_one(&mut db).await?;
+    assert!(hash.starts_with("$argon2id$v=19$"), "{hash}");
+    let dump: Vec<String> =
+        sqlx::query_scalar("SELECT quote(users.password_hash) || name || email || roles FROM users")
+            .fetch_all(&mut db)
+            .await?;
+    assert!(dump.iter().all(|row| !row.contains("Plaintext-Canary-42")));
+    Ok(())
+}

@@ -62,8 +62,9 @@ impl Process {
         if status.success() { Ok(()) } else { Err("kill -TERM failed".into()) }
     }
 
-    /// Waits for the process to exit; fails if it takes longer than `limit`.
-    fn wait(&mut self, limit: Duration) -> Result<std::process::ExitStatus, Box<dyn std::error::Error + Send + Sync>> {
+    /// Waits for the process to exit; fails if it takes longer than `limit`. Async, so this test's client
+    /// connections keep running and can answer the server's graceful-close handshake (GOAWAY + PING).
+    async fn wait(&mut self, limit: Duration) -> Result<std::process::ExitStatus, Box<dyn std::error::Error + Send + Sync>> {
         let deadline = std::time::Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -72,7 +73,7 @@ impl Process {
             if std::time::Instant::now() > deadline {
                 return Err("the process did not exit in time".into());
             }
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -138,7 +139,7 @@ async fn data_survives_a_restart_and_sigterm_ends_watches_cleanly() -> TestResul
     };
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(status.message().contains(&format!("since_revision={revision}")), "{}", status.message());
-    let exit = first.wait(Duration::from_secs(2)).map_err(|e| format!("{e}: {:#?}", first.logs()))?;
+    let exit = first.wait(Duration::from_secs(3)).await.map_err(|e| format!("{e}: {:#?}", first.logs()))?;
     assert!(exit.success(), "clean exit after draining: {exit:?}");
     assert!(first.logs().iter().any(|line| line.contains("SIGTERM received")));
 
@@ -210,7 +211,21 @@ async fn every_call_is_logged_once_and_passwords_never_are() -> TestResult {
     client.get_user(GetUserRequest { id: created.id }).await?;
     let response = client.get_user(GetUserRequest { id: 999_999 }).await.expect_err("not found");
     assert_eq!(response.code(), tonic::Code::NotFound);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A watch the client abandons ends on the server too, logged as CANCELLED.
+    let mut watch = client.watch_users(WatchUsersRequest::default()).await?.into_inner();
+    watch.next().await.ok_or("first event")??;
+    drop(watch);
+    let cancelled = |logs: &[String]| {
+        logs.iter()
+            .any(|line| line.contains("rpc=/user.UserService/WatchUsers ") && line.contains("code=\"CANCELLED\""))
+    };
+    for _ in 0..100 {
+        if cancelled(&process.logs()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(cancelled(&process.logs()), "the abandoned watch was ended and logged");
 
     let logs = process.logs();
     assert!(logs.len() > 20, "trace logging is on ({} lines)", logs.len());
