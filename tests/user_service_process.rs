@@ -64,7 +64,10 @@ impl Process {
 
     /// Waits for the process to exit; fails if it takes longer than `limit`. Async, so this test's client
     /// connections keep running and can answer the server's graceful-close handshake (GOAWAY + PING).
-    async fn wait(&mut self, limit: Duration) -> Result<std::process::ExitStatus, Box<dyn std::error::Error + Send + Sync>> {
+    async fn wait(
+        &mut self,
+        limit: Duration,
+    ) -> Result<std::process::ExitStatus, Box<dyn std::error::Error + Send + Sync>> {
         let deadline = std::time::Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait()? {

@@ -300,9 +300,14 @@ struct StoredUser {
 }
 
 impl StoredUser {
+    /// Reads a `users` row; change-log rows keep the user's id in `user_id`.
     fn from_row(row: &SqliteRow) -> Result<Self, StoreError> {
+        Self::from_row_with_id(row, "id")
+    }
+
+    fn from_row_with_id(row: &SqliteRow, id_column: &str) -> Result<Self, StoreError> {
         Ok(Self {
-            id: row.try_get("id")?,
+            id: row.try_get(id_column)?,
             name: row.try_get("name")?,
             email: row.try_get("email")?,
             roles_json: row.try_get("roles")?,
@@ -331,14 +336,7 @@ fn change_from_row(row: &SqliteRow) -> Result<Change, StoreError> {
         Ok(UserEventType::Deleted) => ChangeKind::Deleted,
         _ => return Err(StoreError::Corrupt(format!("change kind {kind} is not a change"))),
     };
-    let user = StoredUser {
-        id: row.try_get("user_id")?,
-        name: row.try_get("name")?,
-        email: row.try_get("email")?,
-        roles_json: row.try_get("roles")?,
-        status: row.try_get("status")?,
-        created_at_ns: row.try_get("created_at_ns")?,
-    };
+    let user = StoredUser::from_row_with_id(row, "user_id")?;
     let previous = match row.try_get::<Option<String>, _>("prev_name")? {
         Some(name) => Some(StoredUser {
             name,
