@@ -13,11 +13,13 @@ const PACKAGES: &[&str] = &["user"];
 
 fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed=migrations");
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
 
     let mut compiler = protox::Compiler::new(["proto"])?;
     compiler.include_imports(true).include_source_info(true);
-    compiler.open_file("user.proto")?;
+    // google.rpc's status and error details ride along so the gateway can render error details as JSON.
+    compiler.open_files(["user.proto", "google/rpc/status.proto", "google/rpc/error_details.proto"])?;
 
     let encoded = compiler.encode_file_descriptor_set();
     fs::write(out_dir.join("descriptor.bin"), &encoded)?;

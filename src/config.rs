@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::gateway::GatewayConfig;
+use crate::gateway::transcode::{TranscodeOptions, UnknownQueryParams};
 use crate::telemetry::LogFormat;
+use crate::upstream::PoolConfig;
 use crate::user_service::FeedConfig;
 use crate::user_service::password::HashCost;
 
@@ -14,7 +17,7 @@ use crate::user_service::password::HashCost;
 #[derive(Debug, Parser)]
 #[command(name = "portico", version, about, propagate_version = true)]
 pub struct Cli {
-    /// What to run; without one, everything Portico has (today: the UserService with its defaults).
+    /// What to run; without one, `serve` with its defaults (the UserService and the gateway).
     #[command(subcommand)]
     pub command: Option<Command>,
 
@@ -26,8 +29,120 @@ pub struct Cli {
 /// What to run.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the UserService and the gateway in one process (the default).
+    Serve(ServeArgs),
+    /// Run the gateway in front of gRPC upstreams.
+    Gateway(GatewayArgs),
     /// Run the UserService gRPC server (with grpc.health.v1 and server reflection).
     UserService(UserServiceArgs),
+    /// Print the OpenAPI document of the REST API.
+    Openapi,
+}
+
+/// Flags of `portico serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address for HTTP/JSON (host:port).
+    #[arg(long, env = "PORTICO_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Address for the UserService's gRPC.
+    #[arg(long, env = "PORTICO_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
+    pub grpc_listen: SocketAddr,
+
+    #[command(flatten)]
+    pub gateway: GatewayOptions,
+
+    #[command(flatten)]
+    pub user_service: UserServiceOptions,
+}
+
+/// Flags of `portico gateway`.
+#[derive(Debug, Clone, Args)]
+pub struct GatewayArgs {
+    /// Address for HTTP/JSON (host:port).
+    #[arg(long, env = "PORTICO_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// gRPC upstream URL(s), comma-separated (e.g. http://10.0.0.5:50051,http://10.0.0.6:50051).
+    #[arg(long, env = "PORTICO_UPSTREAM", value_delimiter = ',', required = true)]
+    pub upstream: Vec<String>,
+
+    #[command(flatten)]
+    pub gateway: GatewayOptions,
+}
+
+/// Gateway settings shared by `serve` and `gateway`.
+#[derive(Debug, Clone, Args)]
+pub struct GatewayOptions {
+    /// HTTP/2 connections per upstream endpoint.
+    #[arg(long, env = "PORTICO_UPSTREAM_CONNECTIONS", default_value_t = 4)]
+    pub upstream_connections: usize,
+
+    /// Deadline for unary and client-streaming calls (a shorter Grpc-Timeout from the client wins).
+    #[arg(long, env = "PORTICO_UPSTREAM_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub upstream_timeout: Duration,
+
+    /// Largest request body in bytes; larger ones get 413.
+    #[arg(long, env = "PORTICO_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Deepest JSON nesting accepted in a request body.
+    #[arg(long, env = "PORTICO_MAX_JSON_DEPTH", default_value_t = 32)]
+    pub max_json_depth: usize,
+
+    /// What to do with query parameters that match no field: reject (400) or ignore.
+    #[arg(long, env = "PORTICO_UNKNOWN_QUERY_PARAMS", value_enum, default_value_t = UnknownQueryParams::Reject)]
+    pub unknown_query_params: UnknownQueryParams,
+
+    /// Time a client has to send its request headers.
+    #[arg(long, env = "PORTICO_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Origins allowed by CORS, comma-separated, or * for any; CORS is off when unset.
+    #[arg(long, env = "PORTICO_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub cors_allowed_origins: Vec<String>,
+
+    /// Interval of SSE keep-alive comments.
+    #[arg(long, env = "PORTICO_SSE_KEEP_ALIVE", default_value = "15s", value_parser = parse_duration)]
+    pub sse_keep_alive: Duration,
+}
+
+impl GatewayOptions {
+    /// The gateway config for these options, `upstreams` and `drain_timeout`.
+    pub fn config(&self, upstreams: Vec<String>, drain_timeout: Duration) -> Result<GatewayConfig, ConfigError> {
+        let config = GatewayConfig {
+            upstreams,
+            pool: PoolConfig { connections_per_endpoint: self.upstream_connections, ..PoolConfig::default() },
+            max_body_bytes: self.max_body_bytes,
+            transcode: TranscodeOptions {
+                max_json_depth: self.max_json_depth,
+                unknown_query_params: self.unknown_query_params,
+            },
+            default_timeout: Some(self.upstream_timeout).filter(|t| !t.is_zero()),
+            header_read_timeout: self.header_read_timeout,
+            cors_allowed_origins: self.cors_allowed_origins.clone(),
+            sse_keep_alive: self.sse_keep_alive,
+            drain_timeout,
+        };
+        for (flag, value) in [
+            ("upstream-connections", self.upstream_connections),
+            ("max-body-bytes", self.max_body_bytes),
+            ("max-json-depth", self.max_json_depth),
+        ] {
+            if value == 0 {
+                return Err(ConfigError { flag, reason: "must be at least 1".into() });
+            }
+        }
+        for (flag, value) in
+            [("header-read-timeout", self.header_read_timeout), ("sse-keep-alive", self.sse_keep_alive)]
+        {
+            if value.is_zero() {
+                return Err(ConfigError { flag, reason: "must be longer than 0".into() });
+            }
+        }
+        Ok(config)
+    }
 }
 
 /// Flags of `portico user-service`.
@@ -37,6 +152,13 @@ pub struct UserServiceArgs {
     #[arg(long, env = "PORTICO_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
+    #[command(flatten)]
+    pub options: UserServiceOptions,
+}
+
+/// UserService settings shared by `serve` and `user-service`.
+#[derive(Debug, Clone, Args)]
+pub struct UserServiceOptions {
     /// Database: a SQLite URL (`sqlite://portico.db`, `sqlite::memory:`) or a plain file path.
     #[arg(long, env = "PORTICO_DB", default_value = "portico.db")]
     pub db: String,
@@ -70,13 +192,13 @@ pub struct UserServiceArgs {
     pub health_check_interval: Duration,
 }
 
-impl UserServiceArgs {
+impl ServeArgs {
     /// The flags' defaults, with `PORTICO_*` environment variables applied: what bare `portico` runs.
     pub fn default_from_env() -> Self {
         #[derive(Parser)]
         struct Defaults {
             #[command(flatten)]
-            args: UserServiceArgs,
+            args: ServeArgs,
         }
         Defaults::parse_from(["portico"]).args
     }
@@ -146,10 +268,10 @@ impl UserServiceConfig {
     }
 }
 
-impl TryFrom<&UserServiceArgs> for UserServiceConfig {
+impl TryFrom<&UserServiceOptions> for UserServiceConfig {
     type Error = ConfigError;
 
-    fn try_from(args: &UserServiceArgs) -> Result<Self, ConfigError> {
+    fn try_from(args: &UserServiceOptions) -> Result<Self, ConfigError> {
         let config = Self {
             database_url: database_url(&args.db),
             change_log_window: args.change_log_window,

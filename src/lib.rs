@@ -1,6 +1,8 @@
 //! Portico: a REST-to-gRPC gateway driven by `google.api.http` annotations, and the UserService it fronts.
 
 pub mod config;
+pub mod gateway;
 pub mod proto;
 pub mod telemetry;
+pub mod upstream;
 pub mod user_service;

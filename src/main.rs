@@ -6,14 +6,17 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use portico::config::{Cli, Command, UserServiceArgs, UserServiceConfig};
-use portico::{telemetry, user_service};
+use portico::config::{Cli, Command, GatewayArgs, ServeArgs, UserServiceArgs, UserServiceConfig};
+use portico::proto::DESCRIPTOR_POOL;
+use portico::{gateway, telemetry, user_service};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
-    let command = cli.command.unwrap_or_else(|| Command::UserService(UserServiceArgs::default_from_env()));
+    let command = cli.command.unwrap_or_else(|| Command::Serve(ServeArgs::default_from_env()));
     match run(command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -24,20 +27,82 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
+async fn run(command: Command) -> Result<(), BoxError> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     match command {
-        Command::UserService(args) => {
-            let config = UserServiceConfig::try_from(&args)?;
-            let listener =
-                TcpListener::bind(args.listen).await.map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-            tracing::info!(addr = %listener.local_addr()?, db = %config.database_url, "user service listening");
-            user_service::serve(&config, listener, shutdown).await?;
-            tracing::info!("user service stopped");
-        }
+        Command::Serve(args) => serve(args, shutdown).await,
+        Command::Gateway(args) => run_gateway(args, shutdown).await,
+        Command::UserService(args) => run_user_service(args, shutdown).await,
+        Command::Openapi => Ok(()),
     }
+}
+
+async fn run_user_service(args: UserServiceArgs, shutdown: CancellationToken) -> Result<(), BoxError> {
+    let config = UserServiceConfig::try_from(&args.options)?;
+    let listener = bind(args.listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, db = %config.database_url, "user service listening");
+    user_service::serve(&config, listener, shutdown).await?;
+    tracing::info!("user service stopped");
     Ok(())
+}
+
+async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> Result<(), BoxError> {
+    let config = args.gateway.config(args.upstream, std::time::Duration::from_secs(30))?;
+    let listener = bind(args.listen).await?;
+    let (header_read_timeout, drain_timeout) = (config.header_read_timeout, config.drain_timeout);
+    let router = gateway::router(&DESCRIPTOR_POOL, config.clone(), shutdown.clone())?;
+    tracing::info!(addr = %listener.local_addr()?, upstreams = ?config.upstreams, "gateway listening");
+    gateway::serve(listener, router, header_read_timeout, drain_timeout, shutdown).await;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// The UserService and the gateway in one process; the gateway's upstream is the UserService's address.
+async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<(), BoxError> {
+    let user_config = UserServiceConfig::try_from(&args.user_service)?;
+    let grpc_listener = bind(args.grpc_listen).await?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let upstream = format!("http://{}", loopback_for(grpc_addr));
+    let gateway_config = args.gateway.config(vec![upstream], user_config.drain_timeout)?;
+    let http_listener = bind(args.listen).await?;
+    let router = gateway::router(&DESCRIPTOR_POOL, gateway_config.clone(), shutdown.clone())?;
+    tracing::info!(addr = %grpc_addr, db = %user_config.database_url, "user service listening");
+    tracing::info!(addr = %http_listener.local_addr()?, "gateway listening");
+
+    let user_service = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { user_service::serve(&user_config, grpc_listener, shutdown).await }
+    });
+    gateway::serve(
+        http_listener,
+        router,
+        gateway_config.header_read_timeout,
+        gateway_config.drain_timeout,
+        shutdown.clone(),
+    )
+    .await;
+    // The gateway has drained; the UserService drains its own calls (watches end at once).
+    user_service.await??;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// A wildcard listen address is reached over loopback.
+fn loopback_for(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    addr
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, BoxError> {
+    TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}").into())
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT (Ctrl-C), which starts the drain.

@@ -1,0 +1,276 @@
+//! The request handler, in phases: match the route → transcode the request → call the upstream → respond.
+//! Each phase is a function; errors from any of them become responses in `error.rs`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::{IntoResponse, Response};
+use http::request::Parts;
+use http::{HeaderValue, header};
+use http_body_util::BodyExt;
+use prost_reflect::DynamicMessage;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Extensions;
+use tonic::metadata::MetadataMap;
+
+use crate::gateway::GatewayState;
+use crate::gateway::error::GatewayError;
+use crate::gateway::metadata;
+use crate::gateway::rules::{BodyRule, CallKind, Route, RouteMatch};
+use crate::gateway::stream::{self, NDJSON, RequestStreamLimits};
+use crate::gateway::template::PathMatch;
+use crate::gateway::transcode;
+use crate::upstream::{DynamicCodec, Lease};
+
+/// The RPC a request was routed to, left in the response's extensions for the request log.
+#[derive(Debug, Clone)]
+pub struct RoutedRpc(pub Arc<str>);
+
+/// Serves every request that is not an operational endpoint.
+pub async fn handle(State(state): State<Arc<GatewayState>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let (route, path) = match state.routes.find(&parts.method, parts.uri.path()) {
+        RouteMatch::Found(route, path) => (Arc::clone(route), path),
+        RouteMatch::MethodNotAllowed(allow) => {
+            let path = parts.uri.path().to_string();
+            return GatewayError::MethodNotAllowed { method: parts.method, path, allow }.into_response();
+        }
+        RouteMatch::NotFound => {
+            let path = parts.uri.path().to_string();
+            return GatewayError::NoRoute { method: parts.method, path }.into_response();
+        }
+    };
+    let mut response = match route.kind {
+        CallKind::Unary => unary(&state, &route, path, parts, body).await,
+        CallKind::ServerStreaming => server_streaming(&state, &route, path, parts, body).await,
+        CallKind::ClientStreaming => client_streaming(&state, &route, parts, body).await,
+    }
+    .unwrap_or_else(IntoResponse::into_response);
+    response.extensions_mut().insert(RoutedRpc(Arc::from(route.rpc_name())));
+    response
+}
+
+async fn unary(
+    state: &GatewayState,
+    route: &Route,
+    path: PathMatch,
+    parts: Parts,
+    body: Body,
+) -> Result<Response, GatewayError> {
+    let body = read_body(route, &parts, body, state.config.max_body_bytes).await?;
+    let message = transcode::request_message(route, path, parts.uri.query(), &body, &state.config.transcode)?;
+    let metadata = request_metadata(&parts)?;
+    let deadline = metadata::deadline(metadata::client_timeout(&parts.headers)?, state.config.default_timeout);
+
+    let lease = state.pool.lease();
+    let request = upstream_request(metadata, Ok(message), deadline);
+    let mut grpc = ready(&lease).await?;
+    let call = grpc.unary(request, route.grpc_path.clone(), DynamicCodec::new(route.rpc.output()));
+    let response = within(deadline, call).await?;
+
+    let (metadata, message, _) = response.into_parts();
+    let json = transcode::response_json(route, &message)?;
+    let mut response = Response::new(Body::from(json));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    metadata::response_headers(&metadata, response.headers_mut());
+    Ok(response)
+}
+
+async fn server_streaming(
+    state: &GatewayState,
+    route: &Route,
+    path: PathMatch,
+    parts: Parts,
+    body: Body,
+) -> Result<Response, GatewayError> {
+    let body = read_body(route, &parts, body, state.config.max_body_bytes).await?;
+    let mut message = transcode::request_message(route, path, parts.uri.query(), &body, &state.config.transcode)?;
+    resume_from_last_event_id(route, &parts, &mut message)?;
+    let metadata = request_metadata(&parts)?;
+    // Streams may be long-lived: only a deadline the client asked for applies.
+    let deadline = metadata::client_timeout(&parts.headers)?;
+
+    let lease = state.pool.lease();
+    let request = upstream_request(metadata, Ok(message), deadline);
+    let mut grpc = ready(&lease).await?;
+    let call = grpc.server_streaming(request, route.grpc_path.clone(), DynamicCodec::new(route.rpc.output()));
+    let upstream = within(deadline, call).await?.into_inner();
+
+    let wants_sse = parts
+        .headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|accept| accept.contains("text/event-stream"));
+    let upstream = stream::with_deadline(state.until_shutdown(upstream), deadline);
+    Ok(if wants_sse {
+        stream::sse_response(route, upstream, lease, state.config.sse_keep_alive)
+    } else {
+        stream::ndjson_response(upstream, lease)
+    })
+}
+
+/// A reconnecting EventSource sends `Last-Event-ID`; it becomes the route's resume field, so the stream goes
+/// on right after the last event the client saw. It overrides the same field in the query string, which
+/// holds the position of the original request.
+fn resume_from_last_event_id(route: &Route, parts: &Parts, message: &mut DynamicMessage) -> Result<(), GatewayError> {
+    let (Some(field), Some(value)) = (&route.sse.resume_field, parts.headers.get("last-event-id")) else {
+        return Ok(());
+    };
+    let text =
+        value.to_str().map_err(|_| GatewayError::BadRequest("Last-Event-ID must be visible ASCII".into()))?.trim();
+    if text.is_empty() {
+        return Ok(());
+    }
+    let value =
+        transcode::scalar_value(field, text).map_err(|e| GatewayError::BadRequest(format!("Last-Event-ID: {e}")))?;
+    message.set_field(field, value);
+    Ok(())
+}
+
+async fn client_streaming(
+    state: &GatewayState,
+    route: &Route,
+    parts: Parts,
+    body: Body,
+) -> Result<Response, GatewayError> {
+    check_content_type(&parts, &["application/json", NDJSON, "application/jsonl", "application/x-jsonlines"])?;
+    if let Some(query) = parts.uri.query().filter(|q| !q.is_empty())
+        && state.config.transcode.unknown_query_params == transcode::UnknownQueryParams::Reject
+    {
+        return Err(GatewayError::BadRequest(format!(
+            "unknown query parameters {query:?}: a streamed request takes every field from its body"
+        )));
+    }
+    if let Some(length) = content_length(&parts)
+        && length > state.config.max_body_bytes
+    {
+        return Err(GatewayError::PayloadTooLarge { limit: state.config.max_body_bytes });
+    }
+    let metadata = request_metadata(&parts)?;
+    let deadline = metadata::deadline(metadata::client_timeout(&parts.headers)?, state.config.default_timeout);
+    let limits = RequestStreamLimits {
+        max_body_bytes: state.config.max_body_bytes,
+        max_message_bytes: state.config.max_body_bytes,
+        max_depth: state.config.transcode.max_json_depth,
+    };
+
+    let lease = state.pool.lease();
+    let mut grpc = ready(&lease).await?;
+    let (sink, messages) = mpsc::channel(16);
+    let request = upstream_request(metadata, ReceiverStream::new(messages), deadline);
+    let call = within(
+        deadline,
+        grpc.client_streaming(request, route.grpc_path.clone(), DynamicCodec::new(route.rpc.output())),
+    );
+    let feed = stream::feed_request_stream(body, route.rpc.input(), limits, sink);
+    tokio::pin!(call, feed);
+    // Both run together, so each message goes upstream as it arrives. A body error wins over the call's
+    // status: the feed has already aborted the upstream call.
+    let mut feeding = true;
+    let response = loop {
+        tokio::select! {
+            fed = &mut feed, if feeding => {
+                fed?;
+                feeding = false;
+            }
+            response = &mut call => {
+                if feeding {
+                    // The upstream answered before the body was complete (typically an error on an early
+                    // item): report the body's problem if it has one ready, else the upstream's answer.
+                    if let Some(Err(error)) = futures::FutureExt::now_or_never(&mut feed) {
+                        return Err(error);
+                    }
+                }
+                break response?;
+            }
+        }
+    };
+    let (metadata, message, _) = response.into_parts();
+    let json = transcode::response_json(route, &message)?;
+    let mut response = Response::new(Body::from(json));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    metadata::response_headers(&metadata, response.headers_mut());
+    Ok(response)
+}
+
+fn request_metadata(parts: &Parts) -> Result<MetadataMap, GatewayError> {
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0);
+    metadata::request_metadata(&parts.headers, peer)
+}
+
+fn upstream_request<T>(metadata: MetadataMap, message: T, deadline: Option<Duration>) -> tonic::Request<T> {
+    let mut request = tonic::Request::from_parts(metadata, Extensions::default(), message);
+    if let Some(deadline) = deadline {
+        // Sent upstream as grpc-timeout, so the server stops working on an answer nobody will wait for.
+        request.set_timeout(deadline);
+    }
+    request
+}
+
+async fn ready(lease: &Lease) -> Result<tonic::client::Grpc<tonic::transport::Channel>, GatewayError> {
+    let mut grpc = tonic::client::Grpc::new(lease.channel());
+    grpc.ready().await.map_err(|e| {
+        GatewayError::Upstream(tonic::Status::unavailable(format!("upstream {} is unavailable: {e}", lease.endpoint())))
+    })?;
+    Ok(grpc)
+}
+
+/// Awaits an upstream call within the deadline; its expiry is DEADLINE_EXCEEDED (504) whichever side notices
+/// first.
+async fn within<T>(
+    deadline: Option<Duration>,
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<tonic::Response<T>, GatewayError> {
+    let Some(deadline) = deadline else { return Ok(call.await?) };
+    match tokio::time::timeout(deadline, call).await {
+        Ok(Ok(response)) => Ok(response),
+        // tonic reports its own expiry of grpc-timeout as CANCELLED "Timeout expired".
+        Ok(Err(status)) if status.code() == tonic::Code::Cancelled && status.message().contains("Timeout expired") => {
+            Err(GatewayError::DeadlineExceeded(deadline))
+        }
+        Ok(Err(status)) => Err(status.into()),
+        Err(_) => Err(GatewayError::DeadlineExceeded(deadline)),
+    }
+}
+
+/// Reads a unary body within the limit (413 beyond it), after checking it is JSON (415 otherwise).
+async fn read_body(route: &Route, parts: &Parts, body: Body, limit: usize) -> Result<bytes::Bytes, GatewayError> {
+    if let Some(length) = content_length(parts)
+        && length > limit
+    {
+        return Err(GatewayError::PayloadTooLarge { limit });
+    }
+    let bytes = http_body_util::Limited::new(body, limit).collect().await.map_err(|e| {
+        if e.is::<http_body_util::LengthLimitError>() {
+            GatewayError::PayloadTooLarge { limit }
+        } else {
+            GatewayError::BadRequest(format!("cannot read the request body: {e}"))
+        }
+    })?;
+    let bytes = bytes.to_bytes();
+    if !bytes.is_empty() && !matches!(route.body, BodyRule::None) {
+        check_content_type(parts, &["application/json"])?;
+    }
+    Ok(bytes)
+}
+
+fn content_length(parts: &Parts) -> Option<usize> {
+    parts.headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// A body must be declared as one of `accepted` (parameters such as charset ignored; any `+json` type is
+/// JSON). A missing Content-Type is taken as JSON, for hand-written requests.
+fn check_content_type(parts: &Parts, accepted: &[&'static str]) -> Result<(), GatewayError> {
+    let Some(value) = parts.headers.get(header::CONTENT_TYPE) else { return Ok(()) };
+    let essence = value.to_str().unwrap_or_default().split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    if accepted.contains(&essence.as_str()) || essence.ends_with("+json") {
+        Ok(())
+    } else {
+        Err(GatewayError::UnsupportedMediaType { got: essence, expected: accepted[0] })
+    }
+}

@@ -1,0 +1,112 @@
+//! Structural checks on a JSON body before it is transcoded: nesting depth (a cheap way to make a parser
+//! recurse deeply) and repeated object keys (`{"name":"a","name":"b"}` is ambiguous, and parsers silently keep
+//! one). The check walks the document once with serde and keeps nothing.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+/// Checks `body` for nesting deeper than `max_depth` and repeated keys; `Err` says what and where.
+pub fn check(body: &[u8], max_depth: usize) -> Result<(), String> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    // serde_json's own recursion limit (128) stays on as a backstop for max_depth values above it.
+    Guard { depth: 0, max_depth }.deserialize(&mut deserializer).map_err(|e| e.to_string())?;
+    deserializer.end().map_err(|e| e.to_string())
+}
+
+#[derive(Clone, Copy)]
+struct Guard {
+    depth: usize,
+    max_depth: usize,
+}
+
+impl Guard {
+    fn nested<E: de::Error>(self) -> Result<Self, E> {
+        if self.depth >= self.max_depth {
+            return Err(E::custom(format!("JSON nesting exceeds the limit of {} levels", self.max_depth)));
+        }
+        Ok(Self { depth: self.depth + 1, ..self })
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Guard {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Guard {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let inner = self.nested()?;
+        while seq.next_element_seed(inner)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let inner = self.nested()?;
+        let mut keys = HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !keys.insert(key.clone()) {
+                return Err(de::Error::custom(format!("key {key:?} appears twice in one object")));
+            }
+            map.next_value_seed(inner)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check;
+
+    #[test]
+    fn accepts_ordinary_documents() {
+        for ok in [&br#"{"a":1,"b":[1,2,{"c":null}],"d":{"e":"x"}}"#[..], b"[]", b"\"s\"", b"1", br#"{"a":{"a":1}}"#] {
+            assert_eq!(check(ok, 8), Ok(()), "{}", String::from_utf8_lossy(ok));
+        }
+    }
+
+    #[test]
+    fn rejects_repeated_keys_deep_nesting_and_garbage() {
+        let cases: [(&[u8], &str); 5] = [
+            (br#"{"name":"a","name":"b"}"#, "\"name\" appears twice"),
+            (br#"{"a":{"x":1,"y":2,"x":3}}"#, "\"x\" appears twice"),
+            (b"[[[[[1]]]]]", "exceeds the limit of 4"),
+            (br#"{"a":1} trailing"#, "trailing characters"),
+            (br#"{"a":"#, "EOF"),
+        ];
+        for (body, expected) in cases {
+            let error = check(body, 4).err().unwrap_or_default();
+            assert!(error.contains(expected), "{}: {error}", String::from_utf8_lossy(body));
+        }
+        assert_eq!(check(b"[[[[1]]]]", 4), Ok(()), "exactly at the limit");
+    }
+}

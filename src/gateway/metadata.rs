@@ -1,0 +1,194 @@
+//! HTTP headers ⇄ gRPC metadata, and deadlines.
+//!
+//! Only an allow-list crosses to the upstream: `authorization`, `x-request-id`, `traceparent`/`tracestate`,
+//! and `Grpc-Metadata-<key>` headers with the prefix stripped. `X-Forwarded-For` and `X-Forwarded-Host` are
+//! added. Reserved `grpc-*` keys from clients never cross: they would let a client forge transport state.
+//! Upstream response metadata comes back as `Grpc-Metadata-<key>` headers.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use tonic::metadata::{
+    AsciiMetadataKey, AsciiMetadataValue, BinaryMetadataKey, BinaryMetadataValue, KeyAndValueRef, MetadataMap,
+};
+
+use crate::gateway::error::GatewayError;
+
+const FORWARDED: [&str; 4] = ["authorization", "x-request-id", "traceparent", "tracestate"];
+const METADATA_PREFIX: &str = "grpc-metadata-";
+
+/// The upstream metadata for a request's headers; `peer` is the client's address, for `X-Forwarded-For`.
+pub fn request_metadata(headers: &HeaderMap, peer: Option<SocketAddr>) -> Result<MetadataMap, GatewayError> {
+    let mut metadata = MetadataMap::new();
+    for (name, value) in headers {
+        let name = name.as_str();
+        let key = if FORWARDED.contains(&name) {
+            name
+        } else if let Some(stripped) = name.strip_prefix(METADATA_PREFIX) {
+            stripped
+        } else {
+            continue;
+        };
+        if key.starts_with("grpc-") || key.is_empty() {
+            continue;
+        }
+        insert(&mut metadata, key, value)?;
+    }
+    let forwarded_for = match (headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()), peer) {
+        (Some(previous), Some(peer)) => Some(format!("{previous}, {}", peer.ip())),
+        (None, Some(peer)) => Some(peer.ip().to_string()),
+        (Some(previous), None) => Some(previous.to_string()),
+        (None, None) => None,
+    };
+    if let Some(value) = forwarded_for.and_then(|v| AsciiMetadataValue::try_from(v).ok()) {
+        metadata.insert("x-forwarded-for", value);
+    }
+    if let Some(host) = headers.get(http::header::HOST).and_then(|v| AsciiMetadataValue::try_from(v.as_bytes()).ok()) {
+        metadata.insert("x-forwarded-host", host);
+    }
+    Ok(metadata)
+}
+
+fn insert(metadata: &mut MetadataMap, key: &str, value: &HeaderValue) -> Result<(), GatewayError> {
+    let bad = |what: &str| GatewayError::BadRequest(format!("header for metadata key {key:?}: {what}"));
+    if key.ends_with("-bin") {
+        let key = BinaryMetadataKey::from_bytes(key.as_bytes()).map_err(|_| bad("invalid key"))?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(value.as_bytes())
+            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(value.as_bytes()))
+            .map_err(|_| bad("a -bin value must be base64"))?;
+        metadata.append_bin(key, BinaryMetadataValue::from_bytes(&bytes));
+    } else {
+        let key = AsciiMetadataKey::from_bytes(key.as_bytes()).map_err(|_| bad("invalid key"))?;
+        let value = AsciiMetadataValue::try_from(value.as_bytes()).map_err(|_| bad("value must be visible ASCII"))?;
+        metadata.append(key, value);
+    }
+    Ok(())
+}
+
+/// Upstream response metadata as `Grpc-Metadata-<key>` headers (reserved and HTTP/2 transport keys left out).
+pub fn response_headers(metadata: &MetadataMap, headers: &mut HeaderMap) {
+    for entry in metadata.iter() {
+        let (key, value) = match entry {
+            KeyAndValueRef::Ascii(key, value) => (key.as_str(), HeaderValue::from_bytes(value.as_encoded_bytes()).ok()),
+            KeyAndValueRef::Binary(key, value) => {
+                (key.as_str(), HeaderValue::from_bytes(value.as_encoded_bytes()).ok())
+            }
+        };
+        if key.starts_with("grpc-") || matches!(key, "content-type" | "date" | "te" | "trailer" | "content-length") {
+            continue;
+        }
+        if let (Ok(name), Some(value)) = (HeaderName::from_bytes(format!("{METADATA_PREFIX}{key}").as_bytes()), value) {
+            headers.append(name, value);
+        }
+    }
+}
+
+/// The client's deadline from a `Grpc-Timeout` header (gRPC's format: up to 8 digits and a unit of H, M, S,
+/// m, u or n). A malformed header is a 400 rather than silently no deadline.
+pub fn client_timeout(headers: &HeaderMap) -> Result<Option<Duration>, GatewayError> {
+    let Some(value) = headers.get("grpc-timeout") else { return Ok(None) };
+    let text = value.to_str().unwrap_or_default();
+    parse_grpc_timeout(text).map(Some).ok_or_else(|| {
+        GatewayError::BadRequest(format!("Grpc-Timeout {text:?} is not a gRPC timeout such as 500m or 10S"))
+    })
+}
+
+fn parse_grpc_timeout(text: &str) -> Option<Duration> {
+    if text.len() < 2 || text.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = text.split_at(text.len() - 1);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.checked_mul(3600)?),
+        "M" => Duration::from_secs(amount.checked_mul(60)?),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// The deadline of a call: the shorter of the client's and the route's default.
+pub fn deadline(client: Option<Duration>, default: Option<Duration>) -> Option<Duration> {
+    match (client, default) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts() {
+        let table = [
+            ("1S", Some(Duration::from_secs(1))),
+            ("500m", Some(Duration::from_millis(500))),
+            ("2M", Some(Duration::from_secs(120))),
+            ("1H", Some(Duration::from_secs(3600))),
+            ("250u", Some(Duration::from_micros(250))),
+            ("99999999n", Some(Duration::from_nanos(99_999_999))),
+            ("", None),
+            ("S", None),
+            ("10", None),
+            ("10s", None),
+            ("-1S", None),
+            ("123456789S", None),
+            ("1.5S", None),
+        ];
+        for (text, expected) in table {
+            assert_eq!(parse_grpc_timeout(text), expected, "{text:?}");
+        }
+        assert_eq!(deadline(Some(Duration::from_secs(1)), Some(Duration::from_secs(30))), Some(Duration::from_secs(1)));
+        assert_eq!(
+            deadline(Some(Duration::from_secs(60)), Some(Duration::from_secs(30))),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(deadline(None, None), None);
+    }
+
+    #[test]
+    fn only_the_allow_list_crosses_and_grpc_keys_never_do() -> Result<(), GatewayError> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("authorization", "Bearer t"),
+            ("x-request-id", "abc"),
+            ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            ("grpc-metadata-tenant", "acme"),
+            ("grpc-metadata-grpc-status", "0"),
+            ("grpc-timeout", "1S"),
+            ("grpc-status", "0"),
+            ("cookie", "secret"),
+            ("x-forwarded-for", "203.0.113.7"),
+            ("host", "api.example.com"),
+        ] {
+            headers.insert(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        headers.insert("grpc-metadata-trace-bin", HeaderValue::from_static("AQID"));
+        let metadata = request_metadata(
+            &headers,
+            Some("198.51.100.1:5555".parse().map_err(|_| GatewayError::BadRequest("addr".into()))?),
+        )?;
+        let get = |key: &str| metadata.get(key).and_then(|v| v.to_str().ok()).map(str::to_string);
+        assert_eq!(get("authorization").as_deref(), Some("Bearer t"));
+        assert_eq!(get("x-request-id").as_deref(), Some("abc"));
+        assert_eq!(get("tenant").as_deref(), Some("acme"));
+        assert_eq!(get("x-forwarded-for").as_deref(), Some("203.0.113.7, 198.51.100.1"));
+        assert_eq!(get("x-forwarded-host").as_deref(), Some("api.example.com"));
+        assert!(get("traceparent").is_some());
+        for absent in ["grpc-status", "grpc-timeout", "cookie", "grpc-metadata-tenant"] {
+            assert!(metadata.get(absent).is_none(), "{absent} must not be forwarded");
+        }
+        assert_eq!(metadata.get_bin("trace-bin").and_then(|v| v.to_bytes().ok()).as_deref(), Some(&[1u8, 2, 3][..]));
+        Ok(())
+    }
+}

@@ -1,0 +1,270 @@
+//! The gateway: HTTP/JSON in, gRPC out. Routes come from the `google.api.http` rules in the descriptors;
+//! nothing here knows any particular service.
+//!
+//! ```text
+//! client ─▶ layers (request id, log line, CORS, compression, panic → 500) ─▶ route table (fallback service)
+//!        ─▶ transcode in ─▶ upstream pool (p2c over pooled HTTP/2 connections) ─▶ transcode out / SSE / NDJSON
+//! ```
+
+pub mod error;
+pub mod handler;
+mod json_check;
+pub mod metadata;
+// WIP pub mod openapi;
+pub mod rules;
+pub mod stream;
+pub mod template;
+pub mod transcode;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::{Stream, StreamExt};
+use http::{HeaderValue, StatusCode, header};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use prost_reflect::DescriptorPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate};
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::upstream::{PoolConfig, PoolError, UpstreamPool};
+use error::GatewayError;
+use handler::RoutedRpc;
+use rules::{RouteTable, RuleError};
+use transcode::TranscodeOptions;
+
+/// The gateway's settings.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// gRPC upstream URLs (`http://host:port`).
+    pub upstreams: Vec<String>,
+    pub pool: PoolConfig,
+    /// Request bodies beyond this are refused with 413.
+    pub max_body_bytes: usize,
+    pub transcode: TranscodeOptions,
+    /// The deadline of unary and client-streaming calls when the client sets a longer one or none.
+    pub default_timeout: Option<Duration>,
+    /// Time a client has to send a request's headers (slowloris protection).
+    pub header_read_timeout: Duration,
+    /// Origins allowed by CORS; empty turns CORS off, `*` allows any.
+    pub cors_allowed_origins: Vec<String>,
+    pub sse_keep_alive: Duration,
+    /// How long in-flight requests may finish after shutdown starts.
+    pub drain_timeout: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            upstreams: vec!["http://127.0.0.1:50051".into()],
+            pool: PoolConfig::default(),
+            max_body_bytes: 4 * 1024 * 1024,
+            transcode: TranscodeOptions::default(),
+            default_timeout: Some(Duration::from_secs(30)),
+            header_read_timeout: Duration::from_secs(10),
+            cors_allowed_origins: Vec::new(),
+            sse_keep_alive: Duration::from_secs(15),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayStartError {
+    #[error("cannot build routes from the descriptors: {0}")]
+    Rules(#[from] RuleError),
+    #[error("invalid upstream: {0}")]
+    Upstream(#[from] PoolError),
+    #[error("invalid CORS origin {0:?}")]
+    Cors(String),
+}
+
+/// What every request handler shares.
+pub struct GatewayState {
+    pub routes: RouteTable,
+    pub pool: UpstreamPool,
+    pub config: GatewayConfig,
+    shutdown: CancellationToken,
+}
+
+impl GatewayState {
+    /// Ends a server stream when the gateway shuts down, with a final UNAVAILABLE (an SSE `error` event or an
+    /// NDJSON error line). EventSource clients then reconnect, to another instance, with Last-Event-ID and
+    /// lose nothing.
+    fn until_shutdown(
+        &self,
+        upstream: tonic::Streaming<prost_reflect::DynamicMessage>,
+    ) -> impl Stream<Item = Result<prost_reflect::DynamicMessage, tonic::Status>> + Send + 'static {
+        let shutdown = self.shutdown.clone();
+        let stopped = shutdown.clone();
+        // The tail is evaluated when the upstream part ends: only a shutdown adds the error item.
+        let tail = futures::stream::once(async move { stopped.is_cancelled() }).filter_map(|stopped| async move {
+            if stopped {
+                Some(Err(tonic::Status::unavailable("the gateway is shutting down; reconnect")))
+            } else {
+                None
+            }
+        });
+        upstream.take_until(shutdown.cancelled_owned()).chain(tail)
+    }
+}
+
+/// The gateway's router: operational endpoints, OpenAPI and Swagger UI, and every route of the descriptors.
+pub fn router(
+    pool_descriptors: &DescriptorPool,
+    config: GatewayConfig,
+    shutdown: CancellationToken,
+) -> Result<Router, GatewayStartError> {
+    let routes = RouteTable::from_pool(pool_descriptors)?;
+    let pool = UpstreamPool::new(&config.upstreams, &config.pool)?;
+    let cors = cors_layer(&config.cors_allowed_origins)?;
+    let state = Arc::new(GatewayState { routes, pool, config, shutdown });
+
+    // Streams must not be compressed: the encoder would hold events back until its buffer fills.
+    let compress = DefaultPredicate::new().and(NotForContentType::const_new(stream::NDJSON));
+
+    // Layers, outermost first: the request id exists before anything logs; the log line sees the final
+    // response (compressed, CORS headers, even a caught panic's 500); compression and CORS wrap the handler.
+    let layers = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &http::Request<_>| {
+                    tracing::info_span!("http", method = %request.method(), path = %request.uri().path())
+                })
+                .on_request(())
+                .on_response(|response: &http::Response<_>, latency: Duration, _: &tracing::Span| {
+                    let rpc = response.extensions().get::<RoutedRpc>().map(|r| r.0.as_ref()).unwrap_or("-");
+                    tracing::info!(status = response.status().as_u16(), duration_ms = latency.as_secs_f64() * 1000.0, rpc, "request");
+                })
+                .on_body_chunk(())
+                .on_eos(())
+                .on_failure(()),
+        )
+        .option_layer(cors)
+        .layer(CompressionLayer::new().compress_when(compress))
+        .layer(CatchPanicLayer::custom(|_| {
+            GatewayError::Upstream(tonic::Status::internal("internal error in the gateway")).into_response()
+        }));
+
+    Ok(Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(handler::handle)
+        .with_state(state)
+        .layer(layers))
+}
+
+fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, GatewayStartError> {
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow_origin = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let values = origins
+            .iter()
+            .map(|o| HeaderValue::from_str(o).map_err(|_| GatewayStartError::Cors(o.clone())))
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(values)
+    };
+    Ok(Some(CorsLayer::new().allow_origin(allow_origin).allow_methods(Any).allow_headers(Any).expose_headers(Any)))
+}
+
+/// The process is alive.
+async fn healthz() -> Response {
+    json_response(StatusCode::OK, serde_json::json!({ "status": "ok" }))
+}
+
+/// Ready when at least one upstream endpoint answers grpc.health.v1 Check with SERVING.
+async fn readyz(State(state): State<Arc<GatewayState>>) -> Response {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let mut upstreams = Vec::new();
+    let mut ready = false;
+    for endpoint in state.pool.endpoints() {
+        let Some(channel) = state.pool.channel_to(&endpoint) else { continue };
+        let mut client = HealthClient::new(channel);
+        let check = client.check(HealthCheckRequest { service: String::new() });
+        let status = match tokio::time::timeout(Duration::from_secs(2), check).await {
+            Ok(Ok(response)) => ServingStatus::try_from(response.into_inner().status)
+                .unwrap_or(ServingStatus::Unknown)
+                .as_str_name()
+                .to_string(),
+            Ok(Err(status)) => format!("error: {}", status.message()),
+            Err(_) => "error: health check timed out".to_string(),
+        };
+        ready |= status == "SERVING";
+        upstreams.push(serde_json::json!({ "endpoint": endpoint.to_string(), "status": status }));
+    }
+    let (code, status) = if ready { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") };
+    json_response(code, serde_json::json!({ "status": status, "upstreams": upstreams }))
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Serves `router` on `listener` (HTTP/1.1 and h2c) until `shutdown` is cancelled, then lets in-flight
+/// requests finish for up to `drain_timeout`.
+///
+/// Clients get `header_read_timeout` to send their request headers, so a slow-loris client cannot hold a
+/// connection open. Accept errors (e.g. out of file descriptors) are logged and retried, never fatal.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    header_read_timeout: Duration,
+    drain_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone().layer(axum::Extension(ConnectInfo::<SocketAddr>(peer))));
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(drain_timeout) => tracing::warn!(timeout = ?drain_timeout, "drain timed out; closing remaining connections"),
+    }
+}

@@ -1,0 +1,356 @@
+//! Descriptors → route table. Every RPC with a `google.api.http` rule (and each of its additional bindings)
+//! becomes a [`Route`]. Everything a request will need is resolved here, once: the path template, the field
+//! descriptors that path variables and the body bind, the response field, the streaming shape and the SSE
+//! options. A rule that cannot work fails at start-up with the RPC and the template named.
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+use http::Method;
+use http::uri::PathAndQuery;
+use prost_reflect::{DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MethodDescriptor, Value};
+
+use crate::gateway::template::{PathMatch, PathTemplate, TemplateError};
+
+/// Where the HTTP request body goes.
+#[derive(Debug, Clone)]
+pub enum BodyRule {
+    /// No body (`body` unset): every field not bound by the path comes from the query string.
+    None,
+    /// `body: "*"`: the body is the request message, less the path-bound fields.
+    Whole,
+    /// `body: "field"`: the body is that field; other fields come from the path and the query string.
+    Field(FieldDescriptor),
+}
+
+/// What becomes the HTTP response body.
+#[derive(Debug, Clone)]
+pub enum ResponseBody {
+    Whole,
+    /// `response_body: "field"`.
+    Field(FieldDescriptor),
+}
+
+/// The streaming shape of an RPC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    Unary,
+    ServerStreaming,
+    ClientStreaming,
+}
+
+/// How a server stream maps onto SSE (from the `portico.stream` method option).
+#[derive(Debug, Clone, Default)]
+pub struct SseOptions {
+    /// The response field whose value is each event's `id:`.
+    pub event_id_field: Option<FieldDescriptor>,
+    /// The request field that takes `Last-Event-ID` on reconnect.
+    pub resume_field: Option<FieldDescriptor>,
+}
+
+/// A path variable, resolved: the chain of fields from the request message down to the bound scalar.
+#[derive(Debug, Clone)]
+pub struct PathField {
+    pub path: Vec<FieldDescriptor>,
+}
+
+/// One HTTP binding of one RPC.
+#[derive(Debug)]
+pub struct Route {
+    pub http_method: Method,
+    pub template: PathTemplate,
+    pub path_fields: Vec<PathField>,
+    pub body: BodyRule,
+    pub response_body: ResponseBody,
+    pub rpc: MethodDescriptor,
+    /// `/package.Service/Method`, the gRPC request path.
+    pub grpc_path: PathAndQuery,
+    pub kind: CallKind,
+    pub sse: SseOptions,
+}
+
+impl Route {
+    /// `package.Service.Method`, for logs.
+    pub fn rpc_name(&self) -> &str {
+        self.rpc.full_name()
+    }
+}
+
+/// Why the descriptors cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error("the descriptors have no google.api.http extension; import google/api/annotations.proto")]
+    NoHttpExtension,
+    #[error("{rpc}: {message}")]
+    Invalid { rpc: String, message: String },
+    #[error("{rpc}: {source}")]
+    Template {
+        rpc: String,
+        #[source]
+        source: TemplateError,
+    },
+    #[error("{first} and {second} both bind {method} {template}")]
+    Conflict { method: Method, template: String, first: String, second: String },
+    #[error("no RPC in the descriptors has a google.api.http rule")]
+    NoRoutes,
+}
+
+/// The outcome of matching a request.
+pub enum RouteMatch<'a> {
+    Found(&'a Arc<Route>, PathMatch),
+    /// The path exists for other methods.
+    MethodNotAllowed(Vec<Method>),
+    NotFound,
+}
+
+/// All routes, most specific first.
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    routes: Vec<Arc<Route>>,
+}
+
+impl RouteTable {
+    /// Builds the table from every annotated RPC in `pool`.
+    ///
+    /// Fails when a rule is malformed, binds a field that does not exist or cannot be bound, or two rules bind
+    /// the same method and path shape.
+    pub fn from_pool(pool: &DescriptorPool) -> Result<Self, RuleError> {
+        let http = pool.get_extension_by_name("google.api.http").ok_or(RuleError::NoHttpExtension)?;
+        let stream_option = pool.get_extension_by_name("portico.stream");
+        let mut routes = Vec::new();
+        for service in pool.services() {
+            for rpc in service.methods() {
+                let options = rpc.options();
+                if !options.has_extension(&http) {
+                    continue;
+                }
+                let rpc_name = rpc.full_name().to_string();
+                let invalid = |message: String| RuleError::Invalid { rpc: rpc_name.clone(), message };
+                let kind = match (rpc.is_client_streaming(), rpc.is_server_streaming()) {
+                    (false, false) => CallKind::Unary,
+                    (false, true) => CallKind::ServerStreaming,
+                    (true, false) => CallKind::ClientStreaming,
+                    (true, true) => {
+                        tracing::warn!(rpc = %rpc_name, "bidirectional streaming RPCs are not served over HTTP; skipped");
+                        continue;
+                    }
+                };
+                let sse = match &stream_option {
+                    Some(extension) if options.has_extension(extension) => {
+                        sse_options(&rpc, &options.get_extension(extension)).map_err(invalid)?
+                    }
+                    _ => SseOptions::default(),
+                };
+                let rule = options.get_extension(&http);
+                let Value::Message(rule) = rule.as_ref() else {
+                    return Err(invalid("google.api.http is not an HttpRule".into()));
+                };
+                let mut bindings = vec![rule.clone()];
+                if let Some(Value::List(additional)) = rule.get_field_by_name("additional_bindings").as_deref() {
+                    for binding in additional {
+                        let Value::Message(binding) = binding else { continue };
+                        if has_additional_bindings(binding) {
+                            return Err(invalid("additional_bindings must not nest".into()));
+                        }
+                        bindings.push(binding.clone());
+                    }
+                }
+                for binding in bindings {
+                    routes.push(Arc::new(route(&rpc, &binding, kind, sse.clone())?));
+                }
+            }
+        }
+        if routes.is_empty() {
+            return Err(RuleError::NoRoutes);
+        }
+        routes.sort_by(|a, b| {
+            a.template.cmp_specificity(&b.template).then_with(|| a.http_method.as_str().cmp(b.http_method.as_str()))
+        });
+        for (i, first) in routes.iter().enumerate() {
+            for second in &routes[i + 1..] {
+                if first.http_method == second.http_method && first.template.same_shape(&second.template) {
+                    return Err(RuleError::Conflict {
+                        method: first.http_method.clone(),
+                        template: second.template.as_str().to_string(),
+                        first: first.rpc_name().to_string(),
+                        second: second.rpc_name().to_string(),
+                    });
+                }
+            }
+        }
+        Ok(Self { routes })
+    }
+
+    pub fn routes(&self) -> &[Arc<Route>] {
+        &self.routes
+    }
+
+    /// The most specific route for `method` and `path`; else which methods the path has; else not found.
+    pub fn find(&self, method: &Method, path: &str) -> RouteMatch<'_> {
+        let mut allowed: Vec<Method> = Vec::new();
+        for route in &self.routes {
+            if route.http_method != *method && allowed.contains(&route.http_method) {
+                continue;
+            }
+            if let Some(found) = route.template.matches(path) {
+                if route.http_method == *method {
+                    return RouteMatch::Found(route, found);
+                }
+                allowed.push(route.http_method.clone());
+            }
+        }
+        if allowed.is_empty() {
+            RouteMatch::NotFound
+        } else {
+            allowed.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+            RouteMatch::MethodNotAllowed(allowed)
+        }
+    }
+}
+
+fn has_additional_bindings(rule: &DynamicMessage) -> bool {
+    matches!(rule.get_field_by_name("additional_bindings").as_deref(), Some(Value::List(list)) if !list.is_empty())
+}
+
+fn string_field(rule: &DynamicMessage, name: &str) -> String {
+    rule.get_field_by_name(name).and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+fn route(rpc: &MethodDescriptor, rule: &DynamicMessage, kind: CallKind, sse: SseOptions) -> Result<Route, RuleError> {
+    let rpc_name = rpc.full_name().to_string();
+    let invalid = |message: String| RuleError::Invalid { rpc: rpc_name.clone(), message };
+
+    let mut pattern = None;
+    for (name, method) in [
+        ("get", Method::GET),
+        ("put", Method::PUT),
+        ("post", Method::POST),
+        ("delete", Method::DELETE),
+        ("patch", Method::PATCH),
+    ] {
+        if rule.has_field_by_name(name) {
+            pattern = Some((method, string_field(rule, name)));
+        }
+    }
+    if let Some(Value::Message(custom)) = rule.get_field_by_name("custom").as_deref()
+        && rule.has_field_by_name("custom")
+    {
+        let kind = string_field(custom, "kind");
+        let method = Method::from_bytes(kind.as_bytes())
+            .map_err(|_| invalid(format!("custom method {kind:?} is not an HTTP method")))?;
+        pattern = Some((method, string_field(custom, "path")));
+    }
+    let (http_method, path) = pattern.ok_or_else(|| invalid("the HttpRule sets no method and path".into()))?;
+    let template =
+        PathTemplate::parse(&path).map_err(|source| RuleError::Template { rpc: rpc_name.clone(), source })?;
+
+    let input = rpc.input();
+    let mut path_fields = Vec::new();
+    for variable in template.variables() {
+        let mut chain = Vec::new();
+        let mut message = input.clone();
+        for (depth, name) in variable.field_path.iter().enumerate() {
+            let field = message
+                .get_field_by_name(name)
+                .ok_or_else(|| invalid(format!("{path}: {} has no field {name:?}", message.full_name())))?;
+            let last = depth + 1 == variable.field_path.len();
+            if field.is_list() || field.is_map() {
+                return Err(invalid(format!("{path}: path variable {name:?} is repeated; it must be a single value")));
+            }
+            match field.kind() {
+                Kind::Message(next) if !last => message = next,
+                Kind::Message(m) if last && !is_string_form_message(m.full_name()) => {
+                    return Err(invalid(format!("{path}: path variable {name:?} is a message; it must be a scalar")));
+                }
+                _ if !last => {
+                    return Err(invalid(format!("{path}: {name:?} is not a message, so it has no sub-fields")));
+                }
+                _ => {}
+            }
+            chain.push(field);
+        }
+        path_fields.push(PathField { path: chain });
+    }
+
+    let body = match string_field(rule, "body").as_str() {
+        "" => BodyRule::None,
+        "*" => BodyRule::Whole,
+        name => BodyRule::Field(
+            input
+                .get_field_by_name(name)
+                .ok_or_else(|| invalid(format!("body field {name:?} is not a field of {}", input.full_name())))?,
+        ),
+    };
+    if kind == CallKind::ClientStreaming && matches!(body, BodyRule::None) {
+        return Err(invalid(format!("{path}: a client-streaming RPC needs body: \"*\"")));
+    }
+    if kind == CallKind::ClientStreaming && !template.variables().is_empty() {
+        return Err(invalid(format!(
+            "{path}: a client-streaming RPC cannot bind path variables (each message has its own)"
+        )));
+    }
+    let output = rpc.output();
+    let response_body = match string_field(rule, "response_body").as_str() {
+        "" => ResponseBody::Whole,
+        name => ResponseBody::Field(output.get_field_by_name(name).ok_or_else(|| {
+            invalid(format!("response_body field {name:?} is not a field of {}", output.full_name()))
+        })?),
+    };
+    let grpc_path = format!("/{}/{}", rpc.parent_service().full_name(), rpc.name());
+    let grpc_path = PathAndQuery::try_from(grpc_path).map_err(|e| invalid(format!("bad gRPC path: {e}")))?;
+    Ok(Route { http_method, template, path_fields, body, response_body, rpc: rpc.clone(), grpc_path, kind, sse })
+}
+
+fn sse_options(rpc: &MethodDescriptor, option: &Value) -> Result<SseOptions, String> {
+    let Value::Message(option) = option else { return Err("portico.stream is not a StreamOptions".into()) };
+    if !rpc.is_server_streaming() {
+        return Err("portico.stream applies to server-streaming RPCs only".into());
+    }
+    let event_id = string_field(option, "event_id_field");
+    let resume = string_field(option, "resume_field");
+    let event_id_field = match event_id.as_str() {
+        "" => None,
+        name => Some(
+            rpc.output()
+                .get_field_by_name(name)
+                .ok_or(format!("event_id_field {name:?} is not a field of {}", rpc.output().full_name()))?,
+        ),
+    };
+    let resume_field = match resume.as_str() {
+        "" => None,
+        name => Some(
+            rpc.input()
+                .get_field_by_name(name)
+                .ok_or(format!("resume_field {name:?} is not a field of {}", rpc.input().full_name()))?,
+        ),
+    };
+    Ok(SseOptions { event_id_field, resume_field })
+}
+
+/// Well-known message types whose proto3 JSON form is a string (or number), so they can be bound from a path
+/// or query parameter.
+pub fn is_string_form_message(full_name: &str) -> bool {
+    matches!(
+        full_name,
+        "google.protobuf.Timestamp"
+            | "google.protobuf.Duration"
+            | "google.protobuf.FieldMask"
+            | "google.protobuf.StringValue"
+            | "google.protobuf.BytesValue"
+            | "google.protobuf.BoolValue"
+            | "google.protobuf.Int32Value"
+            | "google.protobuf.Int64Value"
+            | "google.protobuf.UInt32Value"
+            | "google.protobuf.UInt64Value"
+            | "google.protobuf.FloatValue"
+            | "google.protobuf.DoubleValue"
+    )
+}
+
+/// Sorting helper for callers that list routes for people (OpenAPI): by path, then method.
+pub fn by_path(a: &Route, b: &Route) -> Ordering {
+    a.template
+        .openapi_path()
+        .cmp(&b.template.openapi_path())
+        .then_with(|| a.http_method.as_str().cmp(b.http_method.as_str()))
+}

@@ -1,0 +1,194 @@
+//! Streams over HTTP: server streams as Server-Sent Events or NDJSON, client streams from a JSON array or
+//! NDJSON body.
+//!
+//! SSE (`Accept: text/event-stream`): one `data:` event per message, its `id:` from the route's
+//! `event_id_field`, keep-alive comments, and an `error` event carrying the google.rpc.Status on failure.
+//! Otherwise NDJSON, grpc-gateway's format: `{"result": …}` lines and a final `{"error": …}` on failure.
+//! The upstream stream lives inside the response body: a client that goes away drops the body, which drops
+//! the upstream call (RST_STREAM), which ends the server's work.
+
+pub mod split;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use http::{HeaderValue, header};
+use prost_reflect::{DynamicMessage, MessageDescriptor, Value};
+use tokio::sync::mpsc;
+
+use crate::gateway::error::{GatewayError, status_json};
+use crate::gateway::rules::Route;
+use crate::gateway::transcode::{message_json, parse_message};
+use crate::upstream::Lease;
+use split::{JsonSplitter, SplitLimits};
+
+/// The messages of a server stream, as they arrive from the upstream; an `Err` ends it.
+pub trait UpstreamStream: Stream<Item = Result<DynamicMessage, tonic::Status>> + Send + 'static {}
+
+impl<S: Stream<Item = Result<DynamicMessage, tonic::Status>> + Send + 'static> UpstreamStream for S {}
+
+/// Ends `upstream` with DEADLINE_EXCEEDED when `deadline` passes first. tonic times only the wait for the
+/// response headers, so a stream's deadline is enforced here, for the whole stream.
+pub fn with_deadline(upstream: impl UpstreamStream, deadline: Option<Duration>) -> impl UpstreamStream {
+    let expired = deadline.map(tokio::time::sleep);
+    futures::stream::unfold(
+        (Box::pin(upstream), expired.map(Box::pin), false),
+        |(mut upstream, mut expired, done)| async move {
+            if done {
+                return None;
+            }
+            let next = match expired.as_mut() {
+                Some(timer) => tokio::select! {
+                    item = upstream.next() => item,
+                    () = timer.as_mut() => Some(Err(tonic::Status::deadline_exceeded("the deadline expired during the stream"))),
+                },
+                None => upstream.next().await,
+            };
+            let last = matches!(next, Some(Err(_)));
+            next.map(|item| (item, (upstream, expired, last)))
+        },
+    )
+}
+
+/// The NDJSON media type used for streams.
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// A server stream as SSE. `lease` keeps the upstream connection counted as busy until the stream ends.
+pub fn sse_response(route: &Route, upstream: impl UpstreamStream, lease: Lease, keep_alive: Duration) -> Response {
+    let id_field = route.sse.event_id_field.clone();
+    let events = stream_items(upstream, lease).map(move |item| {
+        let event = match item {
+            Ok(message) => {
+                let data = message_json(&message).unwrap_or_default();
+                let mut event = Event::default().data(String::from_utf8_lossy(&data));
+                if let Some(field) = &id_field {
+                    event = event.id(event_id(&message.get_field(field)));
+                }
+                event
+            }
+            Err(status) => Event::default().event("error").data(String::from_utf8_lossy(&error_json(&status))),
+        };
+        Ok::<_, Infallible>(event)
+    });
+    let mut response = Sse::new(events).keep_alive(KeepAlive::new().interval(keep_alive)).into_response();
+    // Proxies (nginx) must pass events through as they come.
+    response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// A server stream as NDJSON lines.
+pub fn ndjson_response(upstream: impl UpstreamStream, lease: Lease) -> Response {
+    let lines = stream_items(upstream, lease).map(|item| {
+        // Written by hand around the already-serialized message, so field order is kept and nothing is
+        // parsed twice.
+        let (key, json) = match item {
+            Ok(message) => (&b"{\"result\":"[..], Bytes::from(message_json(&message).unwrap_or_default())),
+            Err(status) => (&b"{\"error\":"[..], error_json(&status)),
+        };
+        let mut line = Vec::with_capacity(key.len() + json.len() + 2);
+        line.extend_from_slice(key);
+        line.extend_from_slice(&json);
+        line.extend_from_slice(b"}\n");
+        Ok::<_, Infallible>(Bytes::from(line))
+    });
+    let mut response = Response::new(Body::from_stream(lines));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
+    response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// The upstream messages, then at most one error; the lease is released when the stream ends or is dropped.
+fn stream_items(
+    upstream: impl UpstreamStream,
+    lease: Lease,
+) -> impl Stream<Item = Result<DynamicMessage, tonic::Status>> + Send + 'static {
+    futures::stream::unfold(Some((Box::pin(upstream), lease)), |state| async move {
+        let (mut upstream, lease) = state?;
+        match upstream.next().await? {
+            Ok(message) => Some((Ok(message), Some((upstream, lease)))),
+            Err(status) => Some((Err(status), None)),
+        }
+    })
+}
+
+fn error_json(status: &tonic::Status) -> Bytes {
+    status_json(status.code(), status.message(), status.details())
+}
+
+/// The SSE id for a field value: its decimal or string form; the default value gives an empty id (which
+/// resets the client's last event id, so a reconnect starts over rather than resuming from a bogus point).
+fn event_id(value: &Value) -> String {
+    let text = match value {
+        Value::I64(v) => v.to_string(),
+        Value::U64(v) => v.to_string(),
+        Value::I32(v) => v.to_string(),
+        Value::U32(v) => v.to_string(),
+        Value::String(v) => v.clone(),
+        _ => String::new(),
+    };
+    if text == "0" { String::new() } else { text.replace(['\n', '\r'], "") }
+}
+
+/// Limits for a streamed request body.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestStreamLimits {
+    pub max_body_bytes: usize,
+    pub max_message_bytes: usize,
+    pub max_depth: usize,
+}
+
+/// Feeds a JSON-array or NDJSON `body` into `sink` as request messages, one as soon as it has arrived.
+///
+/// On any problem (bad framing, invalid message, body too large, broken connection) an `Err` item goes into
+/// the sink before it is dropped, which aborts the upstream call rather than ending it cleanly, and the error
+/// is returned for the client.
+pub async fn feed_request_stream(
+    body: Body,
+    descriptor: MessageDescriptor,
+    limits: RequestStreamLimits,
+    sink: mpsc::Sender<Result<DynamicMessage, tonic::Status>>,
+) -> Result<(), GatewayError> {
+    let result = read_messages(body, &descriptor, limits, &sink).await;
+    if let Err(error) = &result {
+        let abort = tonic::Status::cancelled(format!("the HTTP client's request stream failed: {error}"));
+        // If the upstream has stopped reading, the channel may be full; it is dropped either way after this.
+        let _ = tokio::time::timeout(Duration::from_secs(5), sink.send(Err(abort))).await;
+    }
+    result
+}
+
+async fn read_messages(
+    body: Body,
+    descriptor: &MessageDescriptor,
+    limits: RequestStreamLimits,
+    sink: &mpsc::Sender<Result<DynamicMessage, tonic::Status>>,
+) -> Result<(), GatewayError> {
+    let mut splitter =
+        JsonSplitter::new(SplitLimits { max_message_bytes: limits.max_message_bytes, max_depth: limits.max_depth });
+    let mut chunks = body.into_data_stream();
+    let mut total = 0usize;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| GatewayError::BadRequest(format!("cannot read the request body: {e}")))?;
+        total += chunk.len();
+        if total > limits.max_body_bytes {
+            return Err(GatewayError::PayloadTooLarge { limit: limits.max_body_bytes });
+        }
+        for piece in splitter.push(&chunk).map_err(|e| GatewayError::BadRequest(e.to_string()))? {
+            let index = splitter.emitted().saturating_sub(1);
+            let message = parse_message(descriptor, &piece, limits.max_depth).map_err(|e| match e {
+                GatewayError::BadRequest(message) => GatewayError::BadRequest(format!("message {index}: {message}")),
+                other => other,
+            })?;
+            if sink.send(Ok(message)).await.is_err() {
+                // The upstream call is over; its status is what the client gets.
+                return Ok(());
+            }
+        }
+    }
+    splitter.finish().map_err(|e| GatewayError::BadRequest(e.to_string()))
+}
