@@ -111,9 +111,51 @@ pub fn parse_message(
     json_check::check(json, max_depth).map_err(|e| GatewayError::BadRequest(format!("invalid JSON body: {e}")))?;
     let mut deserializer = serde_json::Deserializer::from_slice(json);
     let message = DynamicMessage::deserialize_with_options(descriptor.clone(), &mut deserializer, &DESERIALIZE)
-        .map_err(|e| GatewayError::BadRequest(format!("invalid {} in JSON body: {e}", descriptor.name())))?;
+        .map_err(|e| invalid_body(descriptor, json, &e))?;
     deserializer.end().map_err(|e| GatewayError::BadRequest(format!("invalid JSON body: {e}")))?;
     Ok(message)
+}
+
+/// A 400 for a body that does not fit `descriptor`, naming the offending field. The JSON parser's own
+/// message says what was wrong but not where in the message, so on this (rare) path the body is checked
+/// again one field at a time to find it.
+fn invalid_body(descriptor: &MessageDescriptor, json: &[u8], error: &serde_json::Error) -> GatewayError {
+    let located =
+        serde_json::from_slice::<serde_json::Value>(json).ok().and_then(|value| locate_bad_field(descriptor, &value));
+    GatewayError::BadRequest(match located {
+        Some(field) => format!("invalid field {field:?} in the {} JSON body: {error}", descriptor.name()),
+        None => format!("invalid {} in JSON body: {error}", descriptor.name()),
+    })
+}
+
+/// The dotted path of the first field of `value` that does not deserialize as part of `descriptor`.
+fn locate_bad_field(descriptor: &MessageDescriptor, value: &serde_json::Value) -> Option<String> {
+    let object = value.as_object()?;
+    for (key, item) in object {
+        let Some(field) = descriptor.get_field_by_json_name(key).or_else(|| descriptor.get_field_by_name(key)) else {
+            return Some(key.clone());
+        };
+        let alone = serde_json::json!({ key: item });
+        if DynamicMessage::deserialize_with_options(descriptor.clone(), alone, &DESERIALIZE).is_ok() {
+            continue;
+        }
+        let nested = match field.kind() {
+            Kind::Message(inner) if !field.is_map() => match item {
+                serde_json::Value::Object(_) if !field.is_list() => {
+                    locate_bad_field(&inner, item).map(|sub| format!("{key}.{sub}"))
+                }
+                serde_json::Value::Array(items) if field.is_list() => {
+                    items.iter().enumerate().find_map(|(index, element)| {
+                        locate_bad_field(&inner, element).map(|sub| format!("{key}[{index}].{sub}"))
+                    })
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        return Some(nested.unwrap_or_else(|| key.clone()));
+    }
+    None
 }
 
 /// The body of a `body: "field"` rule: any JSON value of that field's type. Parsed through a one-field
@@ -131,7 +173,7 @@ fn parse_field_value(
     {
         let mut deserializer = serde_json::Deserializer::from_slice(json);
         let message = DynamicMessage::deserialize_with_options(descriptor.clone(), &mut deserializer, &DESERIALIZE)
-            .map_err(|e| GatewayError::BadRequest(format!("invalid {} in JSON body: {e}", descriptor.name())))?;
+            .map_err(|e| invalid_body(&descriptor, json, &e))?;
         deserializer.end().map_err(|e| GatewayError::BadRequest(format!("invalid JSON body: {e}")))?;
         return Ok(Value::Message(message));
     }

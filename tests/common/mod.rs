@@ -98,3 +98,43 @@ pub fn violations(status: &tonic::Status) -> Vec<(String, String)> {
         .map(|bad| bad.field_violations.into_iter().map(|v| (v.field, v.description)).collect())
         .unwrap_or_default()
 }
+
+pub mod rest;
+
+/// A UserService with the gateway in front of it, both on 127.0.0.1:0 in this process.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub upstream: TestServer,
+    pub shutdown: CancellationToken,
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn start_gateway() -> TestGateway {
+    start_gateway_with(|_| {}).await
+}
+
+pub async fn start_gateway_with(adjust: impl FnOnce(&mut portico::gateway::GatewayConfig)) -> TestGateway {
+    let upstream = start().await;
+    let _ = upstream.client().await; // the UserService is up
+    let mut config =
+        portico::gateway::GatewayConfig { upstreams: vec![format!("http://{}", upstream.addr)], ..Default::default() };
+    adjust(&mut config);
+    let shutdown = CancellationToken::new();
+    let router = portico::gateway::router(&portico::proto::DESCRIPTOR_POOL, config.clone(), shutdown.clone())
+        .expect("gateway router");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(portico::gateway::serve(
+        listener,
+        router,
+        config.header_read_timeout,
+        config.drain_timeout,
+        shutdown.clone(),
+    ));
+    TestGateway { addr, upstream, shutdown }
+}
