@@ -8,9 +8,10 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 /// Encodes requests of any type; decodes responses as `response` messages.
 ///
-/// A request item is a `Result`: an `Err` aborts the call. For a client stream this is the only safe way to
-/// stop: hyper sends the request body from its own task, and merely ending the stream would reach the server
-/// as a clean end of input (which a batch RPC would commit). An encoder error resets the HTTP/2 stream instead.
+/// A request item is a `Result`: an `Err` aborts the call. A client stream must never end cleanly when the
+/// HTTP body behind it broke, or the server would take the items it got as the whole input (and a batch RPC
+/// would commit them). Dropping the call future resets the HTTP/2 stream too, but hyper sends the request
+/// body from its own task; the encoder error makes the reset explicit instead of depending on that.
 #[derive(Debug, Clone)]
 pub struct DynamicCodec {
     response: MessageDescriptor,
