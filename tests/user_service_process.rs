@@ -1,11 +1,12 @@
 //! The `portico user-service` process: flags, one log line per call, never a password in the logs, SIGTERM
 //! drain (watches end cleanly), and data that survives a restart on the same database file.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
+
+use common::process::Process;
 
 use portico::proto::user::user_service_client::UserServiceClient;
 use portico::proto::user::{
@@ -17,79 +18,29 @@ use tonic::transport::Channel;
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
-/// A `portico user-service` child process and every line it logged.
-struct Process {
-    child: Child,
-    addr: String,
-    logs: Arc<Mutex<Vec<String>>>,
+fn user_service(db: &Path, log_level: &str) -> Result<Process, Box<dyn std::error::Error + Send + Sync>> {
+    let db = db.display().to_string();
+    Process::start(
+        &[
+            "user-service",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            &db,
+            "--password-hash-memory-kib",
+            "64",
+            "--password-hash-iterations",
+            "1",
+            "--drain-timeout",
+            "5s",
+        ],
+        log_level,
+    )
 }
 
-impl Process {
-    fn start(db: &Path, log_level: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_portico"))
-            .args(["user-service", "--listen", "127.0.0.1:0", "--db"])
-            .arg(db)
-            .args(["--password-hash-memory-kib", "64", "--password-hash-iterations", "1", "--drain-timeout", "5s"])
-            .env("RUST_LOG", log_level)
-            .env_remove("PORTICO_LOG_FORMAT")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let stderr = child.stderr.take().ok_or("stderr is piped")?;
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (addr_tx, addr_rx) = mpsc::channel();
-        let collected = Arc::clone(&logs);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("user service listening")
-                    && let Some(addr) = line.split("addr=").nth(1).and_then(|rest| rest.split_whitespace().next())
-                {
-                    let _ = addr_tx.send(addr.to_string());
-                }
-                collected.lock().expect("log lock").push(line);
-            }
-        });
-        let addr = addr_rx.recv_timeout(Duration::from_secs(30)).map_err(|_| "the server never logged its address")?;
-        Ok(Self { child, addr, logs })
-    }
-
-    async fn client(&self) -> Result<UserServiceClient<Channel>, Box<dyn std::error::Error + Send + Sync>> {
-        Ok(UserServiceClient::new(Channel::from_shared(format!("http://{}", self.addr))?.connect().await?))
-    }
-
-    fn terminate(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
-        if status.success() { Ok(()) } else { Err("kill -TERM failed".into()) }
-    }
-
-    /// Waits for the process to exit; fails if it takes longer than `limit`. Async, so this test's client
-    /// connections keep running and can answer the server's graceful-close handshake (GOAWAY + PING).
-    async fn wait(
-        &mut self,
-        limit: Duration,
-    ) -> Result<std::process::ExitStatus, Box<dyn std::error::Error + Send + Sync>> {
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if std::time::Instant::now() > deadline {
-                return Err("the process did not exit in time".into());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn logs(&self) -> Vec<String> {
-        self.logs.lock().map(|lines| lines.clone()).unwrap_or_default()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+async fn connect(process: &Process) -> Result<UserServiceClient<Channel>, Box<dyn std::error::Error + Send + Sync>> {
+    let addr = process.address("user service listening").await?;
+    Ok(UserServiceClient::new(Channel::from_shared(format!("http://{addr}"))?.connect().await?))
 }
 
 #[tokio::test]
@@ -97,8 +48,8 @@ async fn data_survives_a_restart_and_sigterm_ends_watches_cleanly() -> TestResul
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("portico.db");
 
-    let mut first = Process::start(&db, "info")?;
-    let mut client = first.client().await?;
+    let mut first = user_service(&db, "info")?;
+    let mut client = connect(&first).await?;
     let request = CreateUserRequest {
         name: "Ada".into(),
         email: "ada@example.com".into(),
@@ -147,8 +98,8 @@ async fn data_survives_a_restart_and_sigterm_ends_watches_cleanly() -> TestResul
     assert!(first.logs().iter().any(|line| line.contains("SIGTERM received")));
 
     // Same file, new process: the data, the ids and the change log are all still there.
-    let second = Process::start(&db, "info")?;
-    let mut client = second.client().await?;
+    let second = user_service(&db, "info")?;
+    let mut client = connect(&second).await?;
     let stored = client.get_user(GetUserRequest { id: ada.id }).await?.into_inner().user;
     assert_eq!(stored.as_ref(), Some(&ada));
     let missing = client.get_user(GetUserRequest { id: grace.id }).await.expect_err("deleted before restart");
@@ -182,8 +133,8 @@ async fn every_call_is_logged_once_and_passwords_never_are() -> TestResult {
     const BATCH_PASSWORD: &str = "Batch-Walrus-5512";
     let dir = tempfile::tempdir()?;
     // The most verbose level, for every crate: if a password were in any log line, it would be here.
-    let process = Process::start(&dir.path().join("logs.db"), "trace")?;
-    let mut client = process.client().await?;
+    let process = user_service(&dir.path().join("logs.db"), "trace")?;
+    let mut client = connect(&process).await?;
 
     let created = client
         .create_user(CreateUserRequest {
