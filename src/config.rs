@@ -37,6 +37,20 @@ pub enum Command {
     UserService(UserServiceArgs),
     /// Print the OpenAPI document of the REST API.
     Openapi,
+    /// Probe an HTTP health endpoint; exit 0 when it answers 200 (for container HEALTHCHECKs).
+    Healthcheck(HealthcheckArgs),
+}
+
+/// Flags of `portico healthcheck`.
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckArgs {
+    /// The URL to probe (plain HTTP).
+    #[arg(long, env = "PORTICO_HEALTHCHECK_URL", default_value = "http://127.0.0.1:8080/healthz")]
+    pub url: String,
+
+    /// How long to wait for the answer.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 /// Flags of `portico serve`.

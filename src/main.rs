@@ -6,7 +6,7 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use portico::config::{Cli, Command, GatewayArgs, ServeArgs, UserServiceArgs, UserServiceConfig};
+use portico::config::{Cli, Command, GatewayArgs, HealthcheckArgs, ServeArgs, UserServiceArgs, UserServiceConfig};
 use portico::proto::DESCRIPTOR_POOL;
 use portico::{gateway, telemetry, user_service};
 
@@ -34,7 +34,11 @@ async fn run(command: Command) -> Result<(), BoxError> {
         Command::Serve(args) => serve(args, shutdown).await,
         Command::Gateway(args) => run_gateway(args, shutdown).await,
         Command::UserService(args) => run_user_service(args, shutdown).await,
-        Command::Openapi => Ok(()),
+        Command::Healthcheck(args) => healthcheck(&args).await,
+        Command::Openapi => {
+            print!("{}", gateway::openapi::document_json(&gateway::rules::RouteTable::from_pool(&DESCRIPTOR_POOL)?)?);
+            Ok(())
+        }
     }
 }
 
@@ -86,6 +90,32 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<(), BoxEr
     user_service.await??;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// One plain HTTP/1.1 GET; Ok when the answer's status is 200. Small on purpose: container images need no
+/// curl for their HEALTHCHECK.
+async fn healthcheck(args: &HealthcheckArgs) -> Result<(), BoxError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let uri: http::Uri = args.url.parse()?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!("{} is not an http:// URL", args.url).into());
+    }
+    let host = uri.host().ok_or("the URL has no host")?;
+    let port = uri.port_u16().unwrap_or(80);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect((host, port)).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut head = [0u8; 32];
+        let read = stream.read(&mut head).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&head[..read]).into_owned())
+    };
+    let head = tokio::time::timeout(args.timeout, probe)
+        .await
+        .map_err(|_| format!("no answer from {} within {:?}", args.url, args.timeout))??;
+    let status = head.split_whitespace().nth(1).unwrap_or_default().to_string();
+    if status == "200" { Ok(()) } else { Err(format!("{} answered {status:?}", args.url).into()) }
 }
 
 /// A wildcard listen address is reached over loopback.

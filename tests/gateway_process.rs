@@ -214,3 +214,22 @@ fn help_documents_every_flag_and_its_environment_variable() -> Result<(), Box<dy
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn the_healthcheck_command_probes_healthz() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("h.db").display().to_string();
+    let args = serve_args(&db);
+    let process = Process::start(&args.iter().map(String::as_str).collect::<Vec<_>>(), "info")?;
+    let addr = process.address("gateway listening").await?;
+    let probe = |url: String| async move {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_portico")).args(["healthcheck", "--url", &url]).output().await
+    };
+    assert!(probe(format!("http://{addr}/healthz")).await?.status.success());
+    let missing = probe(format!("http://{addr}/nope")).await?;
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("answered \"404\""));
+    drop(process);
+    assert!(!probe(format!("http://{addr}/healthz")).await?.status.success(), "nothing listens any more");
+    Ok(())
+}

@@ -10,7 +10,7 @@ pub mod error;
 pub mod handler;
 mod json_check;
 pub mod metadata;
-// WIP pub mod openapi;
+pub mod openapi;
 pub mod rules;
 pub mod stream;
 pub mod template;
@@ -130,6 +130,7 @@ pub fn router(
     shutdown: CancellationToken,
 ) -> Result<Router, GatewayStartError> {
     let routes = RouteTable::from_pool(pool_descriptors)?;
+    let document = openapi::document(&routes);
     let pool = UpstreamPool::new(&config.upstreams, &config.pool)?;
     let cors = cors_layer(&config.cors_allowed_origins)?;
     let state = Arc::new(GatewayState { routes, pool, config, shutdown });
@@ -165,6 +166,7 @@ pub fn router(
     Ok(Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", document))
         .fallback(handler::handle)
         .with_state(state)
         .layer(layers))
