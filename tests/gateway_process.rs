@@ -6,30 +6,14 @@ mod common;
 use std::time::Duration;
 
 use common::TestResult;
-use common::process::Process;
+use common::process::{FAST_FLAGS, Process};
 use common::rest::{Events, Lines, get, open, post_json, send};
 use http::Method;
 use serde_json::json;
 
 fn serve_args(db: &str) -> Vec<String> {
-    [
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--grpc-listen",
-        "127.0.0.1:0",
-        "--db",
-        db,
-        "--password-hash-memory-kib",
-        "64",
-        "--password-hash-iterations",
-        "1",
-        "--drain-timeout",
-        "5s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    let base = ["serve", "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--db", db];
+    base.iter().chain(FAST_FLAGS.iter()).map(|s| s.to_string()).collect()
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::process::Process;
+use common::process::{FAST_FLAGS, Process};
 
 use portico::proto::user::user_service_client::UserServiceClient;
 use portico::proto::user::{
@@ -20,22 +20,9 @@ type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 fn user_service(db: &Path, log_level: &str) -> Result<Process, Box<dyn std::error::Error + Send + Sync>> {
     let db = db.display().to_string();
-    Process::start(
-        &[
-            "user-service",
-            "--listen",
-            "127.0.0.1:0",
-            "--db",
-            &db,
-            "--password-hash-memory-kib",
-            "64",
-            "--password-hash-iterations",
-            "1",
-            "--drain-timeout",
-            "5s",
-        ],
-        log_level,
-    )
+    let args: Vec<&str> =
+        ["user-service", "--listen", "127.0.0.1:0", "--db", &db].into_iter().chain(FAST_FLAGS).collect();
+    Process::start(&args, log_level)
 }
 
 async fn connect(process: &Process) -> Result<UserServiceClient<Channel>, Box<dyn std::error::Error + Send + Sync>> {

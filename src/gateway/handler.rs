@@ -61,8 +61,7 @@ async fn unary(
     parts: Parts,
     body: Body,
 ) -> Result<Response, GatewayError> {
-    let body = read_body(route, &parts, body, state.config.max_body_bytes).await?;
-    let message = transcode::request_message(route, path, parts.uri.query(), &body, &state.config.transcode)?;
+    let message = request_message(state, route, path, &parts, body).await?;
     let metadata = request_metadata(&parts)?;
     let deadline = metadata::deadline(metadata::client_timeout(&parts.headers)?, state.config.default_timeout);
 
@@ -70,8 +69,23 @@ async fn unary(
     let request = upstream_request(metadata, Ok(message), deadline);
     let mut grpc = ready(&lease).await?;
     let call = grpc.unary(request, route.grpc_path.clone(), DynamicCodec::new(route.rpc.output()));
-    let response = within(deadline, call).await?;
+    json_response(route, within(deadline, call).await?)
+}
 
+/// Reads the body and transcodes path, query and body into the request message.
+async fn request_message(
+    state: &GatewayState,
+    route: &Route,
+    path: PathMatch,
+    parts: &Parts,
+    body: Body,
+) -> Result<DynamicMessage, GatewayError> {
+    let body = read_body(route, parts, body, state.config.max_body_bytes).await?;
+    transcode::request_message(route, path, parts.uri.query(), &body, &state.config.transcode)
+}
+
+/// A unary answer as proto3 JSON, with the upstream's response metadata as `Grpc-Metadata-*` headers.
+fn json_response(route: &Route, response: tonic::Response<DynamicMessage>) -> Result<Response, GatewayError> {
     let (metadata, message, _) = response.into_parts();
     let json = transcode::response_json(route, &message)?;
     let mut response = Response::new(Body::from(json));
@@ -87,8 +101,7 @@ async fn server_streaming(
     parts: Parts,
     body: Body,
 ) -> Result<Response, GatewayError> {
-    let body = read_body(route, &parts, body, state.config.max_body_bytes).await?;
-    let mut message = transcode::request_message(route, path, parts.uri.query(), &body, &state.config.transcode)?;
+    let mut message = request_message(state, route, path, &parts, body).await?;
     resume_from_last_event_id(route, &parts, &mut message)?;
     let metadata = request_metadata(&parts)?;
     // Streams may be long-lived: only a deadline the client asked for applies.
@@ -190,12 +203,7 @@ async fn client_streaming(
             }
         }
     };
-    let (metadata, message, _) = response.into_parts();
-    let json = transcode::response_json(route, &message)?;
-    let mut response = Response::new(Body::from(json));
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    metadata::response_headers(&metadata, response.headers_mut());
-    Ok(response)
+    json_response(route, response)
 }
 
 fn request_metadata(parts: &Parts) -> Result<MetadataMap, GatewayError> {

@@ -7,6 +7,10 @@ use std::time::{Duration, Instant};
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
+/// Flags for test servers: cheap password hashes and a short drain.
+pub const FAST_FLAGS: [&str; 6] =
+    ["--password-hash-memory-kib", "64", "--password-hash-iterations", "1", "--drain-timeout", "5s"];
+
 /// A `portico` child process and every line it wrote to stderr.
 pub struct Process {
     pub child: Child,
