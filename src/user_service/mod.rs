@@ -22,7 +22,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 pub use events::FeedConfig;
-pub use layers::{CallLogLayer, code_name};
+pub use layers::{CallLog, CallLogLayer, LoggedBody, code_name};
 pub use service::{DEFAULT_PAGE_SIZE, MAX_BATCH_ITEMS, MAX_PAGE_SIZE, UserServiceImpl};
 
 use crate::config::UserServiceConfig;
