@@ -6,6 +6,7 @@
 pub mod breaker;
 pub mod codec;
 pub mod pool;
+pub mod retry;
 
 pub use codec::DynamicCodec;
 pub use pool::{Lease, PoolConfig, PoolError, UpstreamPool};
