@@ -49,7 +49,7 @@ pub struct HealthcheckArgs {
     pub url: String,
 
     /// How long to wait for the answer.
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, env = "PORTICO_HEALTHCHECK_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub timeout: Duration,
 }
 
