@@ -152,8 +152,9 @@ async fn a_bad_item_or_a_broken_body_stores_nothing() -> TestResult {
     let cases: Vec<(&str, String, u16, &str)> = vec![
         // Invalid per the service: its index comes back.
         ("application/json", r#"[{"name":"A","email":"a@example.com","password":"password-a"},{"name":"B","email":"nope","password":"password-b"}]"#.into(), 400, "batch item 1"),
-        // Not a message of the right type.
+        // Not a message of the right type, first or later: the message index is its position in the body.
         ("application/json", r#"[{"name":"A","email":"a@example.com","password":"password-a"},{"nmae":"B"}]"#.into(), 400, "message 1"),
+        ("application/json", r#"[{"nmae":"B"},{"name":"A","email":"a@example.com","password":"password-a"},{"name":"C"}]"#.into(), 400, "message 0"),
         // Framing broken after a valid item: the valid item must not be committed.
         ("application/json", r#"[{"name":"A","email":"a@example.com","password":"password-a"} {"name":"B"}]"#.into(), 400, "invalid streaming body"),
         ("application/json", r#"[{"name":"A","email":"a@example.com","password":"password-a"},"#.into(), 400, "invalid streaming body"),

@@ -18,6 +18,20 @@ use crate::gateway::error::GatewayError;
 
 const FORWARDED: [&str; 4] = ["authorization", "x-request-id", "traceparent", "tracestate"];
 const METADATA_PREFIX: &str = "grpc-metadata-";
+/// Keys that belong to HTTP/2 and gRPC framing, never to an application: forwarded from
+/// `Grpc-Metadata-<key>`, they would corrupt the upstream request (e.g. a bogus content-length).
+const RESERVED: [&str; 10] = [
+    "content-length",
+    "content-type",
+    "connection",
+    "host",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// The upstream metadata for a request's headers; `peer` is the client's address, for `X-Forwarded-For`.
 pub fn request_metadata(headers: &HeaderMap, peer: Option<SocketAddr>) -> Result<MetadataMap, GatewayError> {
@@ -31,7 +45,7 @@ pub fn request_metadata(headers: &HeaderMap, peer: Option<SocketAddr>) -> Result
         } else {
             continue;
         };
-        if key.starts_with("grpc-") || key.is_empty() {
+        if key.is_empty() || key.starts_with("grpc-") || RESERVED.contains(&key) {
             continue;
         }
         insert(&mut metadata, key, value)?;
@@ -165,6 +179,8 @@ mod tests {
             ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
             ("grpc-metadata-tenant", "acme"),
             ("grpc-metadata-grpc-status", "0"),
+            ("grpc-metadata-content-length", "5"),
+            ("grpc-metadata-te", "trailers"),
             ("grpc-timeout", "1S"),
             ("grpc-status", "0"),
             ("cookie", "secret"),
@@ -185,7 +201,7 @@ mod tests {
         assert_eq!(get("x-forwarded-for").as_deref(), Some("203.0.113.7, 198.51.100.1"));
         assert_eq!(get("x-forwarded-host").as_deref(), Some("api.example.com"));
         assert!(get("traceparent").is_some());
-        for absent in ["grpc-status", "grpc-timeout", "cookie", "grpc-metadata-tenant"] {
+        for absent in ["grpc-status", "grpc-timeout", "cookie", "grpc-metadata-tenant", "content-length", "te"] {
             assert!(metadata.get(absent).is_none(), "{absent} must not be forwarded");
         }
         assert_eq!(metadata.get_bin("trace-bin").and_then(|v| v.to_bytes().ok()).as_deref(), Some(&[1u8, 2, 3][..]));

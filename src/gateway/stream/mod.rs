@@ -178,8 +178,11 @@ async fn read_messages(
         if total > limits.max_body_bytes {
             return Err(GatewayError::PayloadTooLarge { limit: limits.max_body_bytes });
         }
-        for piece in splitter.push(&chunk).map_err(|e| GatewayError::BadRequest(e.to_string()))? {
-            let index = splitter.emitted().saturating_sub(1);
+        let pieces = splitter.push(&chunk).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+        // `emitted` already counts every piece of this chunk; number them from the first.
+        let first_index = splitter.emitted() - pieces.len();
+        for (offset, piece) in pieces.into_iter().enumerate() {
+            let index = first_index + offset;
             let message = parse_message(descriptor, &piece, limits.max_depth).map_err(|e| match e {
                 GatewayError::BadRequest(message) => GatewayError::BadRequest(format!("message {index}: {message}")),
                 other => other,
