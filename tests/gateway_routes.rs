@@ -328,7 +328,9 @@ async fn readyz_says_not_ready_when_the_upstream_is_down() -> TestResult {
 async fn transport_headers_smuggled_as_metadata_are_dropped() -> TestResult {
     let gateway = start_gateway().await;
     create(gateway.addr, "Ada", "ada@example.com").await?;
-    for (name, value) in [("grpc-metadata-content-length", "5"), ("grpc-metadata-te", "gzip"), ("grpc-metadata-grpc-status", "7")] {
+    for (name, value) in
+        [("grpc-metadata-content-length", "5"), ("grpc-metadata-te", "gzip"), ("grpc-metadata-grpc-status", "7")]
+    {
         let reply = send(gateway.addr, Method::GET, "/v1/users", &[(name, value)], "").await?;
         assert_eq!(reply.status, 200, "{name}: {}", reply.text());
     }

@@ -114,11 +114,27 @@ async fn ndjson_is_the_default_and_errors_arrive_as_a_final_line() -> TestResult
     assert_eq!(error["error"]["code"], 4, "DEADLINE_EXCEEDED: {error}");
     assert!(lines.next().await?.is_none(), "the error line is the last");
 
-    // An upstream error mid-stream as SSE: a resume point that is too old is an `error` event.
-    let mut events = sse(&gateway, "/v1/users:watch?sinceRevision=999999", None).await?;
-    let error = events.next().await?.ok_or("error event")?;
-    assert_eq!(error.event.as_deref(), Some("error"));
-    assert_eq!(error.json()["code"], 9, "FAILED_PRECONDITION: {}", error.data);
+    // An error mid-stream as SSE: an `error` event carrying the Status, after the events that came first.
+    let headers = [("accept", "text/event-stream"), ("grpc-timeout", "500m")];
+    let response = open(gateway.addr, Method::GET, "/v1/users:watch", &headers, "").await?;
+    let mut events = Events::new(response.into_body());
+    let mut data_events = 0;
+    let error = loop {
+        let event = events.next().await?.ok_or("the stream ended without an error event")?;
+        if event.event.as_deref() == Some("error") {
+            break event;
+        }
+        data_events += 1;
+    };
+    assert_eq!(data_events, 4);
+    assert_eq!(error.json()["code"], 4, "DEADLINE_EXCEEDED: {}", error.data);
+
+    // A resume point outside the change log is refused before the stream starts: a 400 (FAILED_PRECONDITION),
+    // which makes an EventSource stop instead of reconnecting with the same Last-Event-ID forever.
+    let headers = [("accept", "text/event-stream"), ("last-event-id", "999999")];
+    let refused = send(gateway.addr, Method::GET, "/v1/users:watch", &headers, "").await?;
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert_eq!(refused.json()["code"], 9);
     Ok(())
 }
 

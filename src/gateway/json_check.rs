@@ -74,13 +74,34 @@ impl<'de> Visitor<'de> for Guard {
         let inner = self.nested()?;
         let mut keys = HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
-            if !keys.insert(key.clone()) {
-                return Err(de::Error::custom(format!("key {key:?} appears twice in one object")));
+            // proto3 JSON accepts a field by its JSON name or its proto name (`createdAt`, `created_at`): both
+            // spellings of one field count as the same key.
+            if !keys.insert(lower_camel(&key)) {
+                return Err(de::Error::custom(format!(
+                    "key {key:?} appears twice in one object (perhaps under its other name)"
+                )));
             }
             map.next_value_seed(inner)?;
         }
         Ok(())
     }
+}
+
+/// The default proto3 JSON name of a proto field name: `created_at` → `createdAt`.
+fn lower_camel(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    let mut upper = false;
+    for c in key.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -96,9 +117,10 @@ mod tests {
 
     #[test]
     fn rejects_repeated_keys_deep_nesting_and_garbage() {
-        let cases: [(&[u8], &str); 5] = [
+        let cases: [(&[u8], &str); 6] = [
             (br#"{"name":"a","name":"b"}"#, "\"name\" appears twice"),
             (br#"{"a":{"x":1,"y":2,"x":3}}"#, "\"x\" appears twice"),
+            (br#"{"createdAt":"a","created_at":"b"}"#, "\"created_at\" appears twice"),
             (b"[[[[[1]]]]]", "exceeds the limit of 4"),
             (br#"{"a":1} trailing"#, "trailing characters"),
             (br#"{"a":"#, "EOF"),

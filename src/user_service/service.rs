@@ -174,6 +174,12 @@ impl UserService for UserServiceImpl {
             .into());
         }
         let filter = Filter::parse(&request.filter).map_err(ServiceError::from)?;
+        if request.since_revision > 0 {
+            // Refuse a position outside the change log before the stream starts: as a plain status, not an
+            // error after a successful start, so clients (an EventSource behind the gateway, say) stop rather
+            // than reconnect with the same position forever. The watcher checks again as it reads.
+            self.store.changes_after(request.since_revision, 1).await.map_err(ServiceError::from)?;
+        }
         Ok(Response::new(self.feed.watch(filter, request.since_revision)))
     }
 

@@ -52,7 +52,9 @@ impl SqliteStore {
                 .await?;
             (pool.clone(), pool)
         } else {
-            let file = base.journal_mode(SqliteJournalMode::Wal).synchronous(SqliteSynchronous::Normal);
+            // FULL: in WAL mode, NORMAL may lose the last commits on power loss, and a commit the client was
+            // told about must survive. The cost is one fsync of the WAL per commit.
+            let file = base.journal_mode(SqliteJournalMode::Wal).synchronous(SqliteSynchronous::Full);
             let writer = SqlitePoolOptions::new().max_connections(1).connect_with(file.clone()).await?;
             let reader =
                 SqlitePoolOptions::new().max_connections(READ_CONNECTIONS).connect_with(file.read_only(true)).await?;
