@@ -113,6 +113,10 @@ pub struct GatewayOptions {
     #[arg(long, env = "PORTICO_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
 
+    /// Time a client has to send a request body (for streamed bodies: the longest pause between pieces).
+    #[arg(long, env = "PORTICO_BODY_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+
     /// Origins allowed by CORS, comma-separated, or * for any; CORS is off when unset.
     #[arg(long, env = "PORTICO_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub cors_allowed_origins: Vec<String>,
@@ -135,6 +139,7 @@ impl GatewayOptions {
             },
             default_timeout: Some(self.upstream_timeout).filter(|t| !t.is_zero()),
             header_read_timeout: self.header_read_timeout,
+            body_read_timeout: self.body_read_timeout,
             cors_allowed_origins: self.cors_allowed_origins.clone(),
             sse_keep_alive: self.sse_keep_alive,
             drain_timeout,

@@ -336,3 +336,24 @@ async fn transport_headers_smuggled_as_metadata_are_dropped() -> TestResult {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_body_that_never_arrives_gets_408_and_a_wrong_type_does_not_wait_for_it() -> TestResult {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gateway = start_gateway_with(|config| config.body_read_timeout = std::time::Duration::from_millis(300)).await;
+    for (content_type, expected) in [("application/json", "HTTP/1.1 408"), ("text/plain", "HTTP/1.1 415")] {
+        let mut stream = tokio::net::TcpStream::connect(gateway.addr).await?;
+        let head = format!(
+            "POST /v1/users HTTP/1.1\r\nhost: x\r\ncontent-type: {content_type}\r\ncontent-length: 100\r\n\r\n{{"
+        );
+        stream.write_all(head.as_bytes()).await?; // 99 bytes short, forever
+        let started = std::time::Instant::now();
+        let mut response = vec![0u8; 512];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut response)).await??;
+        let text = String::from_utf8_lossy(&response[..read]);
+        assert!(text.starts_with(expected), "{content_type}: {text}");
+        assert!(text.contains("\"code\":"), "a Status body: {text}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    }
+    Ok(())
+}

@@ -25,6 +25,8 @@ pub enum GatewayError {
     UnsupportedMediaType { got: String, expected: &'static str },
     #[error("request body exceeds the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
     #[error("the deadline of {0:?} expired before the upstream answered")]
     DeadlineExceeded(std::time::Duration),
     /// A status from the upstream service (or from tonic on its behalf), with its details.
@@ -44,17 +46,19 @@ impl GatewayError {
             Self::MethodNotAllowed { .. } => Code::Unimplemented,
             Self::BadRequest(_) | Self::UnsupportedMediaType { .. } => Code::InvalidArgument,
             Self::PayloadTooLarge { .. } => Code::ResourceExhausted,
+            Self::BodyTimeout(_) => Code::DeadlineExceeded,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::Upstream(status) => status.code(),
         }
     }
 
     /// The HTTP status: the table for gRPC codes, with the gateway's own HTTP-level answers where HTTP has a
-    /// more precise one (405, 413, 415).
+    /// more precise one (405, 408, 413, 415).
     pub fn http_status(&self) -> StatusCode {
         match self {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             other => http_status(other.code()),
         }

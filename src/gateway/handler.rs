@@ -80,7 +80,7 @@ async fn request_message(
     parts: &Parts,
     body: Body,
 ) -> Result<DynamicMessage, GatewayError> {
-    let body = read_body(route, parts, body, state.config.max_body_bytes).await?;
+    let body = read_body(route, parts, body, state.config.max_body_bytes, state.config.body_read_timeout).await?;
     transcode::request_message(route, path, parts.uri.query(), &body, &state.config.transcode)
 }
 
@@ -167,6 +167,7 @@ async fn client_streaming(
     let metadata = request_metadata(&parts)?;
     let deadline = metadata::deadline(metadata::client_timeout(&parts.headers)?, state.config.default_timeout);
     let limits = RequestStreamLimits {
+        idle_timeout: state.config.body_read_timeout,
         max_body_bytes: state.config.max_body_bytes,
         max_message_bytes: state.config.max_body_bytes,
         max_depth: state.config.transcode.max_json_depth,
@@ -246,25 +247,39 @@ async fn within<T>(
     }
 }
 
-/// Reads a unary body within the limit (413 beyond it), after checking it is JSON (415 otherwise).
-async fn read_body(route: &Route, parts: &Parts, body: Body, limit: usize) -> Result<bytes::Bytes, GatewayError> {
+/// Reads a unary body: JSON (415 otherwise, checked before reading), within the size limit (413) and within the
+/// body read timeout (408), so a client that sends its body slowly cannot hold a connection forever.
+async fn read_body(
+    route: &Route,
+    parts: &Parts,
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<bytes::Bytes, GatewayError> {
+    if !matches!(route.body, BodyRule::None) && has_body(parts) {
+        check_content_type(parts, &["application/json"])?;
+    }
     if let Some(length) = content_length(parts)
         && length > limit
     {
         return Err(GatewayError::PayloadTooLarge { limit });
     }
-    let bytes = http_body_util::Limited::new(body, limit).collect().await.map_err(|e| {
+    let collected = tokio::time::timeout(timeout, http_body_util::Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| GatewayError::BodyTimeout(timeout))?;
+    let bytes = collected.map_err(|e| {
         if e.is::<http_body_util::LengthLimitError>() {
             GatewayError::PayloadTooLarge { limit }
         } else {
             GatewayError::BadRequest(format!("cannot read the request body: {e}"))
         }
     })?;
-    let bytes = bytes.to_bytes();
-    if !bytes.is_empty() && !matches!(route.body, BodyRule::None) {
-        check_content_type(parts, &["application/json"])?;
-    }
-    Ok(bytes)
+    Ok(bytes.to_bytes())
+}
+
+/// Whether the request announces a body (a non-zero Content-Length, or chunked transfer).
+fn has_body(parts: &Parts) -> bool {
+    content_length(parts).is_some_and(|length| length > 0) || parts.headers.contains_key(header::TRANSFER_ENCODING)
 }
 
 fn content_length(parts: &Parts) -> Option<usize> {

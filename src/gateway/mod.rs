@@ -59,6 +59,9 @@ pub struct GatewayConfig {
     pub default_timeout: Option<Duration>,
     /// Time a client has to send a request's headers (slowloris protection).
     pub header_read_timeout: Duration,
+    /// Time a client has to send a unary request's body, and the longest pause between two pieces of a
+    /// streamed body.
+    pub body_read_timeout: Duration,
     /// Origins allowed by CORS; empty turns CORS off, `*` allows any.
     pub cors_allowed_origins: Vec<String>,
     pub sse_keep_alive: Duration,
@@ -75,6 +78,7 @@ impl Default for GatewayConfig {
             transcode: TranscodeOptions::default(),
             default_timeout: Some(Duration::from_secs(30)),
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
             cors_allowed_origins: Vec::new(),
             sse_keep_alive: Duration::from_secs(15),
             drain_timeout: Duration::from_secs(30),

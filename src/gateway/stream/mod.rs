@@ -137,6 +137,8 @@ fn event_id(value: &Value) -> String {
 /// Limits for a streamed request body.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestStreamLimits {
+    /// The longest wait for the next piece of the body.
+    pub idle_timeout: Duration,
     pub max_body_bytes: usize,
     pub max_message_bytes: usize,
     pub max_depth: usize,
@@ -172,7 +174,11 @@ async fn read_messages(
         JsonSplitter::new(SplitLimits { max_message_bytes: limits.max_message_bytes, max_depth: limits.max_depth });
     let mut chunks = body.into_data_stream();
     let mut total = 0usize;
-    while let Some(chunk) = chunks.next().await {
+    loop {
+        let next = tokio::time::timeout(limits.idle_timeout, chunks.next())
+            .await
+            .map_err(|_| GatewayError::BodyTimeout(limits.idle_timeout))?;
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| GatewayError::BadRequest(format!("cannot read the request body: {e}")))?;
         total += chunk.len();
         if total > limits.max_body_bytes {
