@@ -357,3 +357,14 @@ async fn a_body_that_never_arrives_gets_408_and_a_wrong_type_does_not_wait_for_i
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn operational_endpoints_answer_wrong_methods_with_a_status_body() -> TestResult {
+    let gateway = start_gateway().await;
+    for path in ["/healthz", "/readyz"] {
+        let reply = send(gateway.addr, Method::POST, path, &[], "").await?;
+        assert_status(&reply, 405, 12);
+        assert_eq!(reply.header("allow"), Some("GET"));
+    }
+    Ok(())
+}

@@ -106,6 +106,8 @@ async fn server_streaming(
     let metadata = request_metadata(&parts)?;
     // Streams may be long-lived: only a deadline the client asked for applies.
     let deadline = metadata::client_timeout(&parts.headers)?;
+    // The deadline counts from the request's arrival, not from the moment the stream starts.
+    let expires_at = deadline.map(|d| tokio::time::Instant::now() + d);
 
     let lease = state.pool.lease();
     let request = upstream_request(metadata, Ok(message), deadline);
@@ -119,7 +121,7 @@ async fn server_streaming(
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|accept| accept.contains("text/event-stream"));
-    let upstream = stream::with_deadline(state.until_shutdown(upstream), deadline);
+    let upstream = stream::with_deadline(state.until_shutdown(upstream), expires_at);
     Ok(if wants_sse {
         stream::sse_response(route, upstream, lease, state.config.sse_keep_alive)
     } else {

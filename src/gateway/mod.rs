@@ -168,8 +168,8 @@ pub fn router(
         }));
 
     Ok(Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route("/healthz", get(healthz).fallback(operational_method_not_allowed))
+        .route("/readyz", get(readyz).fallback(operational_method_not_allowed))
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", document))
         .fallback(handler::handle)
         .with_state(state)
@@ -190,6 +190,12 @@ fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, GatewayStartError
         AllowOrigin::list(values)
     };
     Ok(Some(CorsLayer::new().allow_origin(allow_origin).allow_methods(Any).allow_headers(Any).expose_headers(Any)))
+}
+
+/// Operational endpoints answer other methods like API routes do: 405 with `Allow` and a Status body.
+async fn operational_method_not_allowed(method: http::Method, uri: http::Uri) -> Response {
+    GatewayError::MethodNotAllowed { method, path: uri.path().to_string(), allow: vec![http::Method::GET] }
+        .into_response()
 }
 
 /// The process is alive.

@@ -32,10 +32,10 @@ pub trait UpstreamStream: Stream<Item = Result<DynamicMessage, tonic::Status>> +
 
 impl<S: Stream<Item = Result<DynamicMessage, tonic::Status>> + Send + 'static> UpstreamStream for S {}
 
-/// Ends `upstream` with DEADLINE_EXCEEDED when `deadline` passes first. tonic times only the wait for the
+/// Ends `upstream` with DEADLINE_EXCEEDED when `expires_at` passes first. tonic times only the wait for the
 /// response headers, so a stream's deadline is enforced here, for the whole stream.
-pub fn with_deadline(upstream: impl UpstreamStream, deadline: Option<Duration>) -> impl UpstreamStream {
-    let expired = deadline.map(tokio::time::sleep);
+pub fn with_deadline(upstream: impl UpstreamStream, expires_at: Option<tokio::time::Instant>) -> impl UpstreamStream {
+    let expired = expires_at.map(tokio::time::sleep_until);
     futures::stream::unfold(
         (Box::pin(upstream), expired.map(Box::pin), false),
         |(mut upstream, mut expired, done)| async move {
