@@ -82,6 +82,10 @@ pub struct GatewayArgs {
     #[arg(long, env = "PORTICO_UPSTREAM", value_delimiter = ',', required = true)]
     pub upstream: Vec<String>,
 
+    /// How long in-flight requests may finish after SIGTERM/SIGINT before the process exits.
+    #[arg(long, env = "PORTICO_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
     #[command(flatten)]
     pub gateway: GatewayOptions,
 }
@@ -90,7 +94,7 @@ pub struct GatewayArgs {
 #[derive(Debug, Clone, Args)]
 pub struct GatewayOptions {
     /// HTTP/2 connections per upstream endpoint.
-    #[arg(long, env = "PORTICO_UPSTREAM_CONNECTIONS", default_value_t = 4)]
+    #[arg(long, env = "PORTICO_UPSTREAM_CONNECTIONS", default_value_t = PoolConfig::default().connections_per_endpoint)]
     pub upstream_connections: usize,
 
     /// Deadline for unary and client-streaming calls (a shorter Grpc-Timeout from the client wins).
@@ -98,15 +102,15 @@ pub struct GatewayOptions {
     pub upstream_timeout: Duration,
 
     /// Largest request body in bytes; larger ones get 413.
-    #[arg(long, env = "PORTICO_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    #[arg(long, env = "PORTICO_MAX_BODY_BYTES", default_value_t = GatewayConfig::default().max_body_bytes)]
     pub max_body_bytes: usize,
 
     /// Deepest JSON nesting accepted in a request body.
-    #[arg(long, env = "PORTICO_MAX_JSON_DEPTH", default_value_t = 32)]
+    #[arg(long, env = "PORTICO_MAX_JSON_DEPTH", default_value_t = TranscodeOptions::default().max_json_depth)]
     pub max_json_depth: usize,
 
     /// What to do with query parameters that match no field: reject (400) or ignore.
-    #[arg(long, env = "PORTICO_UNKNOWN_QUERY_PARAMS", value_enum, default_value_t = UnknownQueryParams::Reject)]
+    #[arg(long, env = "PORTICO_UNKNOWN_QUERY_PARAMS", value_enum, default_value_t = TranscodeOptions::default().unknown_query_params)]
     pub unknown_query_params: UnknownQueryParams,
 
     /// Time a client has to send its request headers.
@@ -183,11 +187,11 @@ pub struct UserServiceOptions {
     pub db: String,
 
     /// Changes kept in the change log for WatchUsers' since_revision resumes.
-    #[arg(long, env = "PORTICO_CHANGE_LOG_WINDOW", default_value_t = 10_000)]
+    #[arg(long, env = "PORTICO_CHANGE_LOG_WINDOW", default_value_t = UserServiceConfig::DEFAULT_CHANGE_LOG_WINDOW)]
     pub change_log_window: u32,
 
     /// Changes buffered in memory for watchers; a watcher further behind catches up from the database.
-    #[arg(long, env = "PORTICO_WATCH_BUFFER", default_value_t = 1024)]
+    #[arg(long, env = "PORTICO_WATCH_BUFFER", default_value_t = FeedConfig::default().broadcast_capacity)]
     pub watch_buffer: usize,
 
     /// How often to look for changes committed by other processes sharing the database.
@@ -224,7 +228,7 @@ impl ServeArgs {
 }
 
 /// The UserService's settings, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UserServiceConfig {
     pub database_url: String,
     pub change_log_window: u32,
@@ -243,11 +247,13 @@ pub struct ConfigError {
 }
 
 impl UserServiceConfig {
+    pub const DEFAULT_CHANGE_LOG_WINDOW: u32 = 10_000;
+
     /// Defaults, for a database URL: what the flags give when only `--db` is set.
     pub fn new(database_url: impl Into<String>) -> Self {
         Self {
             database_url: database_url.into(),
-            change_log_window: 10_000,
+            change_log_window: Self::DEFAULT_CHANGE_LOG_WINDOW,
             feed: FeedConfig::default(),
             password_hash_cost: HashCost::default(),
             drain_timeout: Duration::from_secs(30),
@@ -356,6 +362,26 @@ mod tests {
         assert_eq!(database_url("/var/lib/portico/users.db"), "sqlite:///var/lib/portico/users.db");
         assert_eq!(database_url("sqlite::memory:"), "sqlite::memory:");
         assert_eq!(database_url("sqlite://x.db?mode=rwc"), "sqlite://x.db?mode=rwc");
+    }
+
+    /// Durations can only be given to clap as text, so their defaults are written twice; this keeps the flags'
+    /// defaults and the structs' defaults the same.
+    #[test]
+    fn flag_defaults_are_the_config_defaults() -> Result<(), ConfigError> {
+        #[derive(Parser)]
+        struct Flags {
+            #[command(flatten)]
+            gateway: GatewayOptions,
+            #[command(flatten)]
+            user_service: UserServiceOptions,
+        }
+        let flags = Flags::parse_from(["portico"]);
+        let defaults = GatewayConfig::default();
+        let gateway = flags.gateway.config(defaults.upstreams.clone(), defaults.drain_timeout)?;
+        assert_eq!(gateway, defaults);
+        let user_service = UserServiceConfig::try_from(&flags.user_service)?;
+        assert_eq!(user_service, UserServiceConfig::new("sqlite://portico.db"));
+        Ok(())
     }
 
     #[test]

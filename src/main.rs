@@ -52,12 +52,11 @@ async fn run_user_service(args: UserServiceArgs, shutdown: CancellationToken) ->
 }
 
 async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> Result<(), BoxError> {
-    let config = args.gateway.config(args.upstream, std::time::Duration::from_secs(30))?;
+    let config = args.gateway.config(args.upstream, args.drain_timeout)?;
     let listener = bind(args.listen).await?;
-    let (header_read_timeout, drain_timeout) = (config.header_read_timeout, config.drain_timeout);
     let router = gateway::router(&DESCRIPTOR_POOL, config.clone(), shutdown.clone())?;
     tracing::info!(addr = %listener.local_addr()?, upstreams = ?config.upstreams, "gateway listening");
-    gateway::serve(listener, router, header_read_timeout, drain_timeout, shutdown).await;
+    gateway::serve(listener, router, &config, shutdown).await;
     tracing::info!("gateway stopped");
     Ok(())
 }
@@ -78,14 +77,7 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<(), BoxEr
         let shutdown = shutdown.clone();
         async move { user_service::serve(&user_config, grpc_listener, shutdown).await }
     });
-    gateway::serve(
-        http_listener,
-        router,
-        gateway_config.header_read_timeout,
-        gateway_config.drain_timeout,
-        shutdown.clone(),
-    )
-    .await;
+    gateway::serve(http_listener, router, &gateway_config, shutdown.clone()).await;
     // The gateway has drained; the UserService drains its own calls (watches end at once).
     user_service.await??;
     tracing::info!("stopped");

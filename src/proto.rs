@@ -16,6 +16,14 @@ pub static DESCRIPTOR_POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
     DescriptorPool::decode(FILE_DESCRIPTOR_SET).expect("the descriptor set embedded by build.rs decodes")
 });
 
+/// `google.rpc`: the Status message and its standard error details, as carried in `grpc-status-details-bin`.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod google {
+    pub mod rpc {
+        include!(concat!(env!("OUT_DIR"), "/google.rpc.rs"));
+    }
+}
+
 /// The `user` package: the UserService API.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod user {

@@ -70,17 +70,7 @@ async fn headers_cross_as_metadata_and_back() -> TestResult {
 
     let config =
         portico::gateway::GatewayConfig { upstreams: vec![format!("http://{upstream}")], ..Default::default() };
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let router = portico::gateway::router(&portico::proto::DESCRIPTOR_POOL, config.clone(), shutdown.clone())?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let gateway = listener.local_addr()?;
-    tokio::spawn(portico::gateway::serve(
-        listener,
-        router,
-        config.header_read_timeout,
-        config.drain_timeout,
-        shutdown.clone(),
-    ));
+    let (gateway, shutdown) = common::spawn_gateway(config).await;
 
     let headers = [
         ("authorization", "Bearer token-1"),

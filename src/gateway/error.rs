@@ -133,7 +133,8 @@ fn decode_details(bytes: &[u8]) -> Vec<serde_json::Value> {
     if bytes.is_empty() {
         return Vec::new();
     }
-    let Ok(status) = wire::Status::decode(bytes) else {
+    // Each detail is rendered on its own, so one of an unknown type does not lose the others.
+    let Ok(status) = crate::proto::google::rpc::Status::decode(bytes) else {
         tracing::warn!("upstream sent undecodable status details");
         return Vec::new();
     };
@@ -153,28 +154,6 @@ fn detail_json(type_url: &str, value: &[u8]) -> serde_json::Value {
     rendered.unwrap_or_else(
         || serde_json::json!({ "@type": type_url, "value": base64::engine::general_purpose::STANDARD.encode(value) }),
     )
-}
-
-/// The binary google.rpc.Status, decoded with prost directly: its `details` are `Any`s whose values the
-/// descriptor pool renders one by one, so one unknown type does not lose the others.
-mod wire {
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Status {
-        #[prost(int32, tag = "1")]
-        pub code: i32,
-        #[prost(string, tag = "2")]
-        pub message: String,
-        #[prost(message, repeated, tag = "3")]
-        pub details: Vec<Any>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Any {
-        #[prost(string, tag = "1")]
-        pub type_url: String,
-        #[prost(bytes = "vec", tag = "2")]
-        pub value: Vec<u8>,
-    }
 }
 
 #[cfg(test)]

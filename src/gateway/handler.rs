@@ -26,9 +26,10 @@ use crate::gateway::template::PathMatch;
 use crate::gateway::transcode;
 use crate::upstream::{DynamicCodec, Lease};
 
-/// The RPC a request was routed to, left in the response's extensions for the request log.
+/// The route a request took, left in the response's extensions for the request log (a reference count, not
+/// a copy of the name, on every request).
 #[derive(Debug, Clone)]
-pub struct RoutedRpc(pub Arc<str>);
+pub struct RoutedRpc(pub Arc<Route>);
 
 /// Serves every request that is not an operational endpoint.
 pub async fn handle(State(state): State<Arc<GatewayState>>, request: Request) -> Response {
@@ -50,7 +51,7 @@ pub async fn handle(State(state): State<Arc<GatewayState>>, request: Request) ->
         CallKind::ClientStreaming => client_streaming(&state, &route, parts, body).await,
     }
     .unwrap_or_else(IntoResponse::into_response);
-    response.extensions_mut().insert(RoutedRpc(Arc::from(route.rpc_name())));
+    response.extensions_mut().insert(RoutedRpc(route));
     response
 }
 
@@ -240,13 +241,17 @@ async fn within<T>(
     let Some(deadline) = deadline else { return Ok(call.await?) };
     match tokio::time::timeout(deadline, call).await {
         Ok(Ok(response)) => Ok(response),
-        // tonic reports its own expiry of grpc-timeout as CANCELLED "Timeout expired".
-        Ok(Err(status)) if status.code() == tonic::Code::Cancelled && status.message().contains("Timeout expired") => {
-            Err(GatewayError::DeadlineExceeded(deadline))
-        }
+        Ok(Err(status)) if is_client_timeout(&status) => Err(GatewayError::DeadlineExceeded(deadline)),
         Ok(Err(status)) => Err(status.into()),
         Err(_) => Err(GatewayError::DeadlineExceeded(deadline)),
     }
+}
+
+/// tonic's client enforces the grpc-timeout it sends, and reports expiry as CANCELLED carrying its
+/// `TimeoutExpired` error's text (the error itself is not kept as the status's source, so the text is all
+/// there is to recognise).
+fn is_client_timeout(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Cancelled && status.message() == tonic::TimeoutExpired(()).to_string()
 }
 
 /// Reads a unary body: JSON (415 otherwise, checked before reading), within the size limit (413) and within the

@@ -47,7 +47,7 @@ use rules::{RouteTable, RuleError};
 use transcode::TranscodeOptions;
 
 /// The gateway's settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GatewayConfig {
     /// gRPC upstream URLs (`http://host:port`).
     pub upstreams: Vec<String>,
@@ -154,7 +154,7 @@ pub fn router(
                 })
                 .on_request(())
                 .on_response(|response: &http::Response<_>, latency: Duration, _: &tracing::Span| {
-                    let rpc = response.extensions().get::<RoutedRpc>().map(|r| r.0.as_ref()).unwrap_or("-");
+                    let rpc = response.extensions().get::<RoutedRpc>().map_or("-", |routed| routed.0.rpc_name());
                     tracing::info!(status = response.status().as_u16(), duration_ms = latency.as_secs_f64() * 1000.0, rpc, "request");
                 })
                 .on_body_chunk(())
@@ -237,19 +237,14 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
 }
 
 /// Serves `router` on `listener` (HTTP/1.1 and h2c) until `shutdown` is cancelled, then lets in-flight
-/// requests finish for up to `drain_timeout`.
+/// requests finish for up to `config.drain_timeout`.
 ///
-/// Clients get `header_read_timeout` to send their request headers, so a slow-loris client cannot hold a
-/// connection open. Accept errors (e.g. out of file descriptors) are logged and retried, never fatal.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    header_read_timeout: Duration,
-    drain_timeout: Duration,
-    shutdown: CancellationToken,
-) {
+/// Clients get `config.header_read_timeout` to send their request headers, so a slow-loris client cannot hold
+/// a connection open. Accept errors (e.g. out of file descriptors) are logged and retried, never fatal.
+pub async fn serve(listener: TcpListener, router: Router, config: &GatewayConfig, shutdown: CancellationToken) {
+    let drain_timeout = config.drain_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout);
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {

@@ -90,11 +90,18 @@ impl Variable {
     }
 }
 
-/// The result of a successful [`PathTemplate::matches`].
+/// The result of a successful [`PathTemplate::matches`]: the decoded value of each variable, in template order.
+/// The field paths stay with the template ([`PathTemplate::variables`]), so a match allocates only the values.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PathMatch {
-    /// One entry per template variable, in template order: the field path and the decoded value.
-    pub bindings: Vec<(Vec<String>, String)>,
+    pub values: Vec<String>,
+}
+
+impl PathMatch {
+    /// Each variable's field path with its value, for the template this match came from.
+    pub fn bindings<'a>(&'a self, template: &'a PathTemplate) -> impl Iterator<Item = (&'a [String], &'a str)> {
+        template.variables().iter().map(|v| v.field_path.as_slice()).zip(self.values.iter().map(String::as_str))
+    }
 }
 
 /// A template that does not follow the grammar. Displays as `template "/v1/{id": unclosed variable at byte 4`.
@@ -186,7 +193,7 @@ impl PathTemplate {
             return None;
         }
         let path_segment_count = if rest.is_empty() { 0 } else { rest.split('/').count() };
-        let mut bindings = Vec::with_capacity(self.variables.len());
+        let mut values = Vec::with_capacity(self.variables.len());
         for variable in &self.variables {
             // Template segments map one-to-one onto path segments, except the final `**`, which takes the
             // rest; a variable containing it therefore ends where the path ends.
@@ -195,9 +202,9 @@ impl PathTemplate {
             let end = if covers_double_wildcard { path_segment_count } else { variable.segments.end };
             let raw = segment_slice(rest, variable.segments.start, end);
             let value = percent_decode(raw, variable.multi_segment)?;
-            bindings.push((variable.field_path.clone(), value));
+            values.push(value);
         }
-        Some(PathMatch { bindings })
+        Some(PathMatch { values })
     }
 
     /// Two templates that would match exactly the same paths (same literals, wildcards and verb, whatever the
@@ -955,7 +962,10 @@ mod tests {
         for &(text, path, expected) in cases {
             let template = parse(text);
             let actual = template.matches(path).map(|found| {
-                found.bindings.into_iter().map(|(field_path, value)| (field_path.join("."), value)).collect::<Vec<_>>()
+                found
+                    .bindings(&template)
+                    .map(|(field_path, value)| (field_path.join("."), value.to_owned()))
+                    .collect::<Vec<_>>()
             });
             let expected = expected.map(|bindings| {
                 bindings.iter().map(|&(field, value)| (field.to_owned(), value.to_owned())).collect::<Vec<_>>()
@@ -966,12 +976,16 @@ mod tests {
 
     #[test]
     fn bindings_carry_the_field_path_elements() {
-        let found = parse("/v1/{user.id}/{name=x/**}").matches("/v1/7/x/y");
+        let template = parse("/v1/{user.id}/{name=x/**}");
+        let found = template.matches("/v1/7/x/y");
+        let bindings = found.as_ref().map(|found| {
+            found.bindings(&template).map(|(path, value)| (path.to_vec(), value.to_owned())).collect::<Vec<_>>()
+        });
         let expected = vec![
             (vec!["user".to_owned(), "id".to_owned()], "7".to_owned()),
             (vec!["name".to_owned()], "x/y".to_owned()),
         ];
-        assert_eq!(found, Some(PathMatch { bindings: expected }));
+        assert_eq!(bindings, Some(expected));
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub enum UnknownQueryParams {
 }
 
 /// Limits and policies for transcoding.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TranscodeOptions {
     pub max_json_depth: usize,
     pub unknown_query_params: UnknownQueryParams,
@@ -86,11 +86,11 @@ pub fn request_message(
     }
 
     let mut bound: HashSet<String> = HashSet::new();
-    for ((_, raw), field) in path.bindings.into_iter().zip(&route.path_fields) {
+    for (raw, field) in path.values.iter().zip(&route.path_fields) {
         let leaf = field.path.last().ok_or_else(|| GatewayError::BadRequest("empty path binding".into()))?;
         let name = dotted(&field.path);
         let value =
-            scalar_value(leaf, &raw).map_err(|e| GatewayError::BadRequest(format!("path parameter {name}: {e}")))?;
+            scalar_value(leaf, raw).map_err(|e| GatewayError::BadRequest(format!("path parameter {name}: {e}")))?;
         set_path(&mut message, &field.path, value, &name)?;
         bound.insert(name);
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// Connection settings for every upstream connection.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolConfig {
     /// HTTP/2 connections per endpoint.
     pub connections_per_endpoint: usize,

@@ -23,7 +23,7 @@ use crate::user_service::filter::Filter;
 use crate::user_service::store::{Change, Store, StoreError};
 
 /// Sizes and timings of the feed.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FeedConfig {
     /// Changes held for watchers that have not received them yet; a watcher further behind reads the database.
     pub broadcast_capacity: usize,
@@ -177,11 +177,9 @@ impl Watcher<'_> {
             self.send(marker).await?;
             self.last = snapshot.revision;
         } else {
-            // Too old or ahead is the client's problem here: FAILED_PRECONDITION, via the store error.
-            self.catch_up().await.map_err(|e| match e {
-                CatchUpError::Store(store) => WatchEnd::from(ServiceError::from(store)),
-                CatchUpError::End(end) => end,
-            })?;
+            // WatchUsers refused positions outside the log before the stream started; if the log moved past
+            // this one since, the watcher fell behind like any other.
+            self.catch_up().await?;
         }
         loop {
             match subscription.recv().await {
@@ -190,11 +188,7 @@ impl Watcher<'_> {
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     // Missed changes are still in the database's log; a compacted log means this watcher is
                     // too slow to be served.
-                    self.catch_up().await.map_err(|e| match e {
-                        CatchUpError::Store(StoreError::RevisionCompacted { .. }) => self.fell_behind(),
-                        CatchUpError::Store(store) => WatchEnd::from(ServiceError::from(store)),
-                        CatchUpError::End(end) => end,
-                    })?;
+                    self.catch_up().await?;
                 }
                 Err(broadcast::error::RecvError::Closed) => return Err(WatchEnd::Shutdown),
             }
@@ -202,13 +196,18 @@ impl Watcher<'_> {
     }
 
     /// Delivers the change log after `self.last` from the database, page by page.
-    async fn catch_up(&mut self) -> Result<(), CatchUpError> {
+    /// A compacted log means the changes this watcher still needs are gone: it fell behind.
+    async fn catch_up(&mut self) -> Result<(), WatchEnd> {
         loop {
             let page = self.feed.config.page_size;
-            let changes = self.feed.store.changes_after(self.last, page).await.map_err(CatchUpError::Store)?;
+            let changes = match self.feed.store.changes_after(self.last, page).await {
+                Ok(changes) => changes,
+                Err(StoreError::RevisionCompacted { .. }) => return Err(self.fell_behind()),
+                Err(store) => return Err(ServiceError::from(store).into()),
+            };
             let full_page = changes.len() == page as usize;
             for change in &changes {
-                self.deliver(change).await.map_err(CatchUpError::End)?;
+                self.deliver(change).await?;
             }
             if !full_page {
                 return Ok(());
@@ -246,9 +245,4 @@ impl Watcher<'_> {
                 .into(),
         )
     }
-}
-
-enum CatchUpError {
-    Store(StoreError),
-    End(WatchEnd),
 }

@@ -125,17 +125,18 @@ pub async fn start_gateway_with(adjust: impl FnOnce(&mut portico::gateway::Gatew
     let mut config =
         portico::gateway::GatewayConfig { upstreams: vec![format!("http://{}", upstream.addr)], ..Default::default() };
     adjust(&mut config);
+    let (addr, shutdown) = spawn_gateway(config).await;
+    TestGateway { addr, upstream, shutdown }
+}
+
+/// Runs a gateway with `config` on 127.0.0.1:0 in this process; cancel the token to stop it.
+pub async fn spawn_gateway(config: portico::gateway::GatewayConfig) -> (SocketAddr, CancellationToken) {
     let shutdown = CancellationToken::new();
     let router = portico::gateway::router(&portico::proto::DESCRIPTOR_POOL, config.clone(), shutdown.clone())
         .expect("gateway router");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("local addr");
-    tokio::spawn(portico::gateway::serve(
-        listener,
-        router,
-        config.header_read_timeout,
-        config.drain_timeout,
-        shutdown.clone(),
-    ));
-    TestGateway { addr, upstream, shutdown }
+    let token = shutdown.clone();
+    tokio::spawn(async move { portico::gateway::serve(listener, router, &config, token).await });
+    (addr, shutdown)
 }

@@ -8,8 +8,10 @@
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Arguments, Row, Sqlite, SqlitePool, Transaction};
 
 use super::{Change, ChangeKind, NewUser, Snapshot, Store, StoreError, User, UserPatch};
 use crate::proto::user::{UserEventType, UserStatus};
@@ -123,27 +125,20 @@ impl Store for SqliteStore {
     }
 
     async fn list_users(&self, filter: &Filter, after_id: i64, limit: u32) -> Result<Vec<User>, StoreError> {
-        let (conditions, binds) = where_clause(filter);
+        let mut args = SqliteArguments::default();
+        bind(&mut args, after_id)?;
+        let conditions = where_clause(filter, &mut args)?;
+        bind(&mut args, i64::from(limit))?;
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id > ?{conditions} ORDER BY id LIMIT ?");
-        let mut query = sqlx::query(audited(sql)).bind(after_id);
-        for value in binds {
-            query = value.bind_to(query);
-        }
-        let rows = query.bind(i64::from(limit)).fetch_all(&self.reader).await?;
+        let rows = sqlx::query_with(audited(sql), args).fetch_all(&self.reader).await?;
         rows.iter().map(|row| StoredUser::from_row(row)?.into_user()).collect()
     }
 
     async fn count_users(&self, filter: &Filter) -> Result<i64, StoreError> {
-        let (conditions, binds) = where_clause(filter);
+        let mut args = SqliteArguments::default();
+        let conditions = where_clause(filter, &mut args)?;
         let sql = format!("SELECT COUNT(*) FROM users WHERE 1 = 1{conditions}");
-        let mut query = sqlx::query_scalar::<_, i64>(audited(sql));
-        for value in binds {
-            query = match value {
-                BindValue::Text(text) => query.bind(text),
-                BindValue::Int(int) => query.bind(int),
-            };
-        }
-        Ok(query.fetch_one(&self.reader).await?)
+        Ok(sqlx::query_scalar_with::<_, i64, _>(audited(sql), args).fetch_one(&self.reader).await?)
     }
 
     async fn create_users(&self, users: Vec<NewUser>) -> Result<Vec<User>, StoreError> {
@@ -245,13 +240,10 @@ impl Store for SqliteStore {
         let mut tx = self.reader.begin().await?;
         let revision: i64 =
             sqlx::query_scalar("SELECT COALESCE(MAX(revision), 0) FROM user_changes").fetch_one(&mut *tx).await?;
-        let (conditions, binds) = where_clause(filter);
+        let mut args = SqliteArguments::default();
+        let conditions = where_clause(filter, &mut args)?;
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE 1 = 1{conditions} ORDER BY id");
-        let mut query = sqlx::query(audited(sql));
-        for value in binds {
-            query = value.bind_to(query);
-        }
-        let rows = query.fetch_all(&mut *tx).await?;
+        let rows = sqlx::query_with(audited(sql), args).fetch_all(&mut *tx).await?;
         tx.commit().await?;
         let users = rows.iter().map(|row| StoredUser::from_row(row)?.into_user()).collect::<Result<_, _>>()?;
         Ok(Snapshot { users, revision })
@@ -357,50 +349,36 @@ fn change_from_row(row: &SqliteRow) -> Result<Change, StoreError> {
     })
 }
 
-/// A value bound into a filter's SQL.
-enum BindValue {
-    Text(String),
-    Int(i64),
-}
-
-impl BindValue {
-    fn bind_to<'q>(
-        self,
-        query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>,
-    ) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
-        match self {
-            Self::Text(text) => query.bind(text),
-            Self::Int(int) => query.bind(int),
-        }
-    }
-}
-
-/// Translates a filter into ` AND …` conditions on `users` plus their bound values, in order.
+/// Translates a filter into ` AND …` conditions on `users`, appending their values to `args` in order.
 ///
 /// Text values are always bound, never spliced into the SQL.
-fn where_clause(filter: &Filter) -> (String, Vec<BindValue>) {
+fn where_clause(filter: &Filter, args: &mut SqliteArguments) -> Result<String, StoreError> {
     let mut sql = String::new();
-    let mut binds = Vec::new();
     for condition in filter.conditions() {
-        let (clause, value) = match condition {
-            Condition::StatusEq(status) => ("status = ?", BindValue::Int(*status as i64)),
-            Condition::StatusNe(status) => ("status != ?", BindValue::Int(*status as i64)),
-            Condition::NameEq(name) => ("name = ?", BindValue::Text(name.clone())),
-            Condition::NameNe(name) => ("name != ?", BindValue::Text(name.clone())),
-            Condition::NameContains(part) => ("instr(name_folded, ?) > 0", BindValue::Text(part.clone())),
-            Condition::EmailEq(email) => ("email_folded = ?", BindValue::Text(email.clone())),
-            Condition::EmailNe(email) => ("email_folded != ?", BindValue::Text(email.clone())),
-            Condition::EmailContains(part) => ("instr(email_folded, ?) > 0", BindValue::Text(part.clone())),
-            Condition::HasRole(role) => (
-                "EXISTS (SELECT 1 FROM json_each(users.roles) WHERE json_each.value = ?)",
-                BindValue::Text(role.clone()),
-            ),
-        };
+        let clause = match condition {
+            Condition::StatusEq(status) => bind(args, *status as i64).map(|()| "status = ?"),
+            Condition::StatusNe(status) => bind(args, *status as i64).map(|()| "status != ?"),
+            Condition::NameEq(name) => bind(args, name.clone()).map(|()| "name = ?"),
+            Condition::NameNe(name) => bind(args, name.clone()).map(|()| "name != ?"),
+            Condition::NameContains(part) => bind(args, part.clone()).map(|()| "instr(name_folded, ?) > 0"),
+            Condition::EmailEq(email) => bind(args, email.clone()).map(|()| "email_folded = ?"),
+            Condition::EmailNe(email) => bind(args, email.clone()).map(|()| "email_folded != ?"),
+            Condition::EmailContains(part) => bind(args, part.clone()).map(|()| "instr(email_folded, ?) > 0"),
+            Condition::HasRole(role) => bind(args, role.clone())
+                .map(|()| "EXISTS (SELECT 1 FROM json_each(users.roles) WHERE json_each.value = ?)"),
+        }?;
         sql.push_str(" AND ");
         sql.push_str(clause);
-        binds.push(value);
     }
-    (sql, binds)
+    Ok(sql)
+}
+
+/// Appends one bound value; encoding an i64 or a String cannot fail in practice, but the API says it may.
+fn bind<T>(args: &mut SqliteArguments, value: T) -> Result<(), StoreError>
+where
+    T: for<'q> sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite> + Send + 'static,
+{
+    args.add(value).map_err(|e| StoreError::Database(sqlx::Error::Encode(e)))
 }
 
 /// Marks SQL built with `format!` as safe. Every caller formats only this module's constants and the clauses
