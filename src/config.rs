@@ -9,7 +9,12 @@ use clap::{Args, Parser, Subcommand};
 use crate::gateway::GatewayConfig;
 use crate::gateway::transcode::{TranscodeOptions, UnknownQueryParams};
 use crate::telemetry::LogFormat;
-use crate::upstream::PoolConfig;
+use crate::upstream::breaker::BreakerConfig;
+use crate::upstream::discovery::DiscoveryConfig;
+use crate::upstream::health::HealthConfig;
+use crate::upstream::limit::LimitConfig;
+use crate::upstream::retry::{Backoff, RetryBudgetConfig, RetryPolicy};
+use crate::upstream::{PoolConfig, RetryConfig, UpstreamConfig};
 use crate::user_service::FeedConfig;
 use crate::user_service::password::HashCost;
 
@@ -78,7 +83,8 @@ pub struct GatewayArgs {
     #[arg(long, env = "PORTICO_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
-    /// gRPC upstream URL(s), comma-separated (e.g. http://10.0.0.5:50051,http://10.0.0.6:50051).
+    /// gRPC upstream(s), comma-separated: http://host:port, dns://name:port (every A/AAAA record, re-resolved)
+    /// or file://path.json (a JSON list of URLs, re-read on change).
     #[arg(long, env = "PORTICO_UPSTREAM", value_delimiter = ',', required = true)]
     pub upstream: Vec<String>,
 
@@ -128,14 +134,153 @@ pub struct GatewayOptions {
     /// Interval of SSE keep-alive comments.
     #[arg(long, env = "PORTICO_SSE_KEEP_ALIVE", default_value = "15s", value_parser = parse_duration)]
     pub sse_keep_alive: Duration,
+
+    /// Serve the admin view (GET /admin/upstreams) on this address; off when unset. Keep it private.
+    #[arg(long, env = "PORTICO_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Time to open a connection to an upstream endpoint.
+    #[arg(long, env = "PORTICO_UPSTREAM_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub upstream_connect_timeout: Duration,
+
+    /// How often dns:// upstreams are re-resolved (also soon after an endpoint turns unhealthy).
+    #[arg(long, env = "PORTICO_UPSTREAM_DNS_REFRESH", default_value = "5s", value_parser = parse_duration)]
+    pub upstream_dns_refresh: Duration,
+
+    /// DNS server (ip:port) for dns:// upstreams; the system's resolver configuration when unset.
+    #[arg(long, env = "PORTICO_UPSTREAM_DNS_SERVER")]
+    pub upstream_dns_server: Option<SocketAddr>,
+
+    /// Time one DNS query may take.
+    #[arg(long, env = "PORTICO_UPSTREAM_DNS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub upstream_dns_timeout: Duration,
+
+    /// How often file:// upstreams are checked for changes.
+    #[arg(long, env = "PORTICO_UPSTREAM_FILE_POLL", default_value = "1s", value_parser = parse_duration)]
+    pub upstream_file_poll: Duration,
+
+    /// Active grpc.health.v1 checks of every upstream endpoint (true or false).
+    #[arg(long, env = "PORTICO_UPSTREAM_HEALTH_CHECKS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub upstream_health_checks: bool,
+
+    /// The service name health checks ask about; empty asks about the whole server.
+    #[arg(long, env = "PORTICO_UPSTREAM_HEALTH_SERVICE", default_value = "")]
+    pub upstream_health_service: String,
+
+    /// Health check keep-alive and Check polling interval; also the longest reconnection backoff.
+    #[arg(long, env = "PORTICO_UPSTREAM_HEALTH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub upstream_health_interval: Duration,
+
+    /// Time a health check (connect, first answer, keep-alive ping) may take before the endpoint is unreachable.
+    #[arg(long, env = "PORTICO_UPSTREAM_HEALTH_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub upstream_health_timeout: Duration,
+
+    /// Consecutive failures (unreachable, UNAVAILABLE, timeouts) that eject an endpoint.
+    #[arg(long, env = "PORTICO_BREAKER_FAILURES", default_value_t = BreakerConfig::default().consecutive_failures)]
+    pub breaker_failures: u32,
+
+    /// The first ejection; each further one in a row doubles it.
+    #[arg(long, env = "PORTICO_BREAKER_BASE_EJECTION", default_value = "1s", value_parser = parse_duration)]
+    pub breaker_base_ejection: Duration,
+
+    /// The longest ejection.
+    #[arg(long, env = "PORTICO_BREAKER_MAX_EJECTION", default_value = "30s", value_parser = parse_duration)]
+    pub breaker_max_ejection: Duration,
+
+    /// Attempts per call in all, the first included (1 turns retries off).
+    #[arg(long, env = "PORTICO_RETRY_MAX_ATTEMPTS", default_value_t = RetryPolicy::default().max_attempts)]
+    pub retry_max_attempts: u32,
+
+    /// Backoff ceiling before the first retry (full jitter); it doubles for each further one.
+    #[arg(long, env = "PORTICO_RETRY_BACKOFF_BASE", default_value = "25ms", value_parser = parse_duration)]
+    pub retry_backoff_base: Duration,
+
+    /// The longest backoff before a retry.
+    #[arg(long, env = "PORTICO_RETRY_BACKOFF_MAX", default_value = "1s", value_parser = parse_duration)]
+    pub retry_backoff_max: Duration,
+
+    /// Retries allowed as a share of recent requests (0.2: retries add at most 20% load).
+    #[arg(long, env = "PORTICO_RETRY_BUDGET_RATIO", default_value_t = RetryBudgetConfig::default().ratio)]
+    pub retry_budget_ratio: f64,
+
+    /// Retries allowed per second whatever the traffic, so a quiet upstream can still retry.
+    #[arg(long, env = "PORTICO_RETRY_BUDGET_MIN_PER_SECOND", default_value_t = RetryBudgetConfig::default().min_retries_per_second)]
+    pub retry_budget_min_per_second: u32,
+
+    /// RPCs (package.Service.Method) safe to retry after reaching a server, besides GET routes, comma-separated.
+    #[arg(long, env = "PORTICO_IDEMPOTENT_RPCS", value_delimiter = ',')]
+    pub idempotent_rpcs: Vec<String>,
+
+    /// RPCs never retried after reaching a server, even on GET routes, comma-separated.
+    #[arg(long, env = "PORTICO_NON_IDEMPOTENT_RPCS", value_delimiter = ',')]
+    pub non_idempotent_rpcs: Vec<String>,
+
+    /// Calls in flight to the upstream at once; more wait in a queue.
+    #[arg(long, env = "PORTICO_UPSTREAM_MAX_IN_FLIGHT", default_value_t = LimitConfig::default().max_in_flight)]
+    pub upstream_max_in_flight: usize,
+
+    /// Calls that may wait for a slot; beyond that they get 503 at once.
+    #[arg(long, env = "PORTICO_UPSTREAM_MAX_QUEUE", default_value_t = LimitConfig::default().max_queue)]
+    pub upstream_max_queue: usize,
+
+    /// The longest a call waits for a slot before it gets 503.
+    #[arg(long, env = "PORTICO_UPSTREAM_MAX_QUEUE_WAIT", default_value = "1s", value_parser = parse_duration)]
+    pub upstream_max_queue_wait: Duration,
 }
 
 impl GatewayOptions {
+    /// The upstream settings of these options.
+    fn upstream_config(&self) -> UpstreamConfig {
+        UpstreamConfig {
+            pool: PoolConfig {
+                connections_per_endpoint: self.upstream_connections,
+                connect_timeout: self.upstream_connect_timeout,
+                ..PoolConfig::default()
+            },
+            discovery: DiscoveryConfig {
+                dns_refresh: self.upstream_dns_refresh,
+                dns_server: self.upstream_dns_server,
+                dns_timeout: self.upstream_dns_timeout,
+                file_poll: self.upstream_file_poll,
+            },
+            health: HealthConfig {
+                enabled: self.upstream_health_checks,
+                service: self.upstream_health_service.clone(),
+                interval: self.upstream_health_interval,
+                timeout: self.upstream_health_timeout,
+            },
+            breaker: BreakerConfig {
+                consecutive_failures: self.breaker_failures,
+                base_ejection: self.breaker_base_ejection,
+                max_ejection: self.breaker_max_ejection,
+                ..BreakerConfig::default()
+            },
+            retry: RetryConfig {
+                policy: RetryPolicy { max_attempts: self.retry_max_attempts },
+                backoff: Backoff { base: self.retry_backoff_base, max: self.retry_backoff_max, ..Backoff::default() },
+                budget: RetryBudgetConfig {
+                    ratio: self.retry_budget_ratio,
+                    min_retries_per_second: self.retry_budget_min_per_second,
+                    ..RetryBudgetConfig::default()
+                },
+            },
+            limit: LimitConfig {
+                max_in_flight: self.upstream_max_in_flight,
+                max_queue: self.upstream_max_queue,
+                max_queue_wait: self.upstream_max_queue_wait,
+            },
+        }
+    }
+
     /// The gateway config for these options, `upstreams` and `drain_timeout`.
     pub fn config(&self, upstreams: Vec<String>, drain_timeout: Duration) -> Result<GatewayConfig, ConfigError> {
+        let upstream = self.upstream_config();
+        upstream.validate().map_err(|e| ConfigError { flag: "upstream-*", reason: e.to_string() })?;
         let config = GatewayConfig {
             upstreams,
-            pool: PoolConfig { connections_per_endpoint: self.upstream_connections, ..PoolConfig::default() },
+            upstream,
+            idempotent_rpcs: self.idempotent_rpcs.clone(),
+            non_idempotent_rpcs: self.non_idempotent_rpcs.clone(),
             max_body_bytes: self.max_body_bytes,
             transcode: TranscodeOptions {
                 max_json_depth: self.max_json_depth,
@@ -213,6 +358,11 @@ pub struct UserServiceOptions {
     /// How often the database is checked for grpc.health.v1.
     #[arg(long, env = "PORTICO_HEALTH_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub health_check_interval: Duration,
+
+    /// After SIGTERM/SIGINT: how long to report NOT_SERVING while still serving calls, so load balancers stop
+    /// sending work before the listener closes (e.g. a few seconds behind a gateway or Kubernetes Service).
+    #[arg(long, env = "PORTICO_SHUTDOWN_GRACE", default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
 }
 
 impl ServeArgs {
@@ -236,6 +386,8 @@ pub struct UserServiceConfig {
     pub password_hash_cost: HashCost,
     pub drain_timeout: Duration,
     pub health_check_interval: Duration,
+    /// NOT_SERVING while still serving, at the start of shutdown.
+    pub shutdown_grace: Duration,
 }
 
 /// A setting that cannot work, named with the flag that sets it.
@@ -258,6 +410,7 @@ impl UserServiceConfig {
             password_hash_cost: HashCost::default(),
             drain_timeout: Duration::from_secs(30),
             health_check_interval: Duration::from_secs(5),
+            shutdown_grace: Duration::ZERO,
         }
     }
 
@@ -311,6 +464,7 @@ impl TryFrom<&UserServiceOptions> for UserServiceConfig {
             },
             drain_timeout: args.drain_timeout,
             health_check_interval: args.health_check_interval,
+            shutdown_grace: args.shutdown_grace,
         };
         config.validate()?;
         Ok(config)

@@ -54,9 +54,10 @@ async fn run_user_service(args: UserServiceArgs, shutdown: CancellationToken) ->
 async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> Result<(), BoxError> {
     let config = args.gateway.config(args.upstream, args.drain_timeout)?;
     let listener = bind(args.listen).await?;
-    let router = gateway::router(&DESCRIPTOR_POOL, config.clone(), shutdown.clone())?;
+    let routers = gateway::routers(&DESCRIPTOR_POOL, config.clone(), shutdown.clone())?;
+    serve_admin(args.gateway.admin_listen, routers.admin, &shutdown).await?;
     tracing::info!(addr = %listener.local_addr()?, upstreams = ?config.upstreams, "gateway listening");
-    gateway::serve(listener, router, &config, shutdown).await;
+    gateway::serve(listener, routers.public, &config, shutdown).await;
     tracing::info!("gateway stopped");
     Ok(())
 }
@@ -69,7 +70,8 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<(), BoxEr
     let upstream = format!("http://{}", loopback_for(grpc_addr));
     let gateway_config = args.gateway.config(vec![upstream], user_config.drain_timeout)?;
     let http_listener = bind(args.listen).await?;
-    let router = gateway::router(&DESCRIPTOR_POOL, gateway_config.clone(), shutdown.clone())?;
+    let routers = gateway::routers(&DESCRIPTOR_POOL, gateway_config.clone(), shutdown.clone())?;
+    serve_admin(args.gateway.admin_listen, routers.admin, &shutdown).await?;
     tracing::info!(addr = %grpc_addr, db = %user_config.database_url, "user service listening");
     tracing::info!(addr = %http_listener.local_addr()?, "gateway listening");
 
@@ -77,10 +79,29 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<(), BoxEr
         let shutdown = shutdown.clone();
         async move { user_service::serve(&user_config, grpc_listener, shutdown).await }
     });
-    gateway::serve(http_listener, router, &gateway_config, shutdown.clone()).await;
+    gateway::serve(http_listener, routers.public, &gateway_config, shutdown.clone()).await;
     // The gateway has drained; the UserService drains its own calls (watches end at once).
     user_service.await??;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Serves the admin view on its own listener, when one is configured, until shutdown.
+async fn serve_admin(
+    addr: Option<std::net::SocketAddr>,
+    router: axum::Router,
+    shutdown: &CancellationToken,
+) -> Result<(), BoxError> {
+    let Some(addr) = addr else { return Ok(()) };
+    let listener = bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "admin listening");
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let served = axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        if let Err(error) = served {
+            tracing::warn!(%error, "admin listener failed");
+        }
+    });
     Ok(())
 }
 

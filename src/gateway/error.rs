@@ -11,6 +11,7 @@ use prost_reflect::{DynamicMessage, SerializeOptions};
 use tonic::Code;
 
 use crate::proto::DESCRIPTOR_POOL;
+use crate::upstream::CallError;
 
 /// Everything that can go wrong while serving a request.
 #[derive(Debug, thiserror::Error)]
@@ -29,9 +30,30 @@ pub enum GatewayError {
     BodyTimeout(std::time::Duration),
     #[error("the deadline of {0:?} expired before the upstream answered")]
     DeadlineExceeded(std::time::Duration),
+    /// No upstream endpoint could take the call (all ejected, draining or gone), or the upstream's bulkhead is
+    /// full: 503 with `Retry-After`, answered at once rather than after a hang.
+    #[error("{message}")]
+    Unavailable { message: String, retry_after: std::time::Duration },
     /// A status from the upstream service (or from tonic on its behalf), with its details.
     #[error("{}", .0.message())]
     Upstream(tonic::Status),
+}
+
+impl From<CallError> for GatewayError {
+    fn from(error: CallError) -> Self {
+        match error {
+            CallError::Status(status) => Self::Upstream(status),
+            CallError::DeadlineExceeded(deadline) => Self::DeadlineExceeded(deadline),
+            CallError::NoEndpoint(no_endpoint) => {
+                Self::Unavailable { retry_after: no_endpoint.retry_after, message: no_endpoint.to_string() }
+            }
+            CallError::Overloaded(overloaded) => Self::Unavailable {
+                message: CallError::Overloaded(overloaded).to_string(),
+                // A slot usually frees within moments; one second keeps clients from hammering.
+                retry_after: std::time::Duration::from_secs(1),
+            },
+        }
+    }
 }
 
 fn join(methods: &[Method]) -> String {
@@ -48,6 +70,7 @@ impl GatewayError {
             Self::PayloadTooLarge { .. } => Code::ResourceExhausted,
             Self::BodyTimeout(_) => Code::DeadlineExceeded,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Self::Unavailable { .. } => Code::Unavailable,
             Self::Upstream(status) => status.code(),
         }
     }
@@ -90,8 +113,16 @@ impl IntoResponse for GatewayError {
         {
             headers.insert(header::ALLOW, value);
         }
+        if let Self::Unavailable { retry_after, .. } = &self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(*retry_after)));
+        }
         response
     }
+}
+
+/// `Retry-After` takes whole seconds: round up, and never say 0 (which invites an immediate retry).
+fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0).max(u64::from(wait.is_zero()))
 }
 
 /// The HTTP status for a gRPC code (google.rpc.Code's documented mapping).

@@ -8,13 +8,12 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderValue, header};
 use http_body_util::BodyExt;
 use prost_reflect::DynamicMessage;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::Extensions;
 use tonic::metadata::MetadataMap;
 
 use crate::gateway::GatewayState;
@@ -24,7 +23,7 @@ use crate::gateway::rules::{BodyRule, CallKind, Route, RouteMatch};
 use crate::gateway::stream::{self, NDJSON, RequestStreamLimits};
 use crate::gateway::template::PathMatch;
 use crate::gateway::transcode;
-use crate::upstream::{DynamicCodec, Lease};
+use crate::upstream::CallOptions;
 
 /// The route a request took, left in the response's extensions for the request log (a reference count, not
 /// a copy of the name, on every request).
@@ -62,15 +61,25 @@ async fn unary(
     parts: Parts,
     body: Body,
 ) -> Result<Response, GatewayError> {
+    let started = tokio::time::Instant::now();
     let message = request_message(state, route, path, &parts, body).await?;
-    let metadata = request_metadata(&parts)?;
-    let deadline = metadata::deadline(metadata::client_timeout(&parts.headers)?, state.config.default_timeout);
+    let timeout = metadata::deadline(metadata::client_timeout(&parts.headers)?, state.config.default_timeout);
+    let options = call_options(route, &parts, timeout, started)?;
+    let response = state.upstream.unary(&route.grpc_path, &route.rpc.output(), &options, encode(&message)).await?;
+    json_response(route, response)
+}
 
-    let lease = state.pool.lease();
-    let request = upstream_request(metadata, Ok(message), deadline);
-    let mut grpc = ready(&lease).await?;
-    let call = grpc.unary(request, route.grpc_path.clone(), DynamicCodec::new(route.rpc.output()));
-    json_response(route, within(deadline, call).await?)
+fn call_options(
+    route: &Route,
+    parts: &Parts,
+    timeout: Option<Duration>,
+    started: tokio::time::Instant,
+) -> Result<CallOptions, GatewayError> {
+    Ok(CallOptions { metadata: request_metadata(parts)?, idempotent: route.idempotent, timeout, started })
+}
+
+fn encode(message: &DynamicMessage) -> Bytes {
+    Bytes::from(prost::Message::encode_to_vec(message))
 }
 
 /// Reads the body and transcodes path, query and body into the request message.
@@ -102,19 +111,17 @@ async fn server_streaming(
     parts: Parts,
     body: Body,
 ) -> Result<Response, GatewayError> {
+    let started = tokio::time::Instant::now();
     let mut message = request_message(state, route, path, &parts, body).await?;
     resume_from_last_event_id(route, &parts, &mut message)?;
-    let metadata = request_metadata(&parts)?;
     // Streams may be long-lived: only a deadline the client asked for applies.
-    let deadline = metadata::client_timeout(&parts.headers)?;
+    let timeout = metadata::client_timeout(&parts.headers)?;
     // The deadline counts from the request's arrival, not from the moment the stream starts.
-    let expires_at = deadline.map(|d| tokio::time::Instant::now() + d);
-
-    let lease = state.pool.lease();
-    let request = upstream_request(metadata, Ok(message), deadline);
-    let mut grpc = ready(&lease).await?;
-    let call = grpc.server_streaming(request, route.grpc_path.clone(), DynamicCodec::new(route.rpc.output()));
-    let upstream = within(deadline, call).await?.into_inner();
+    let expires_at = timeout.map(|d| started + d);
+    let options = call_options(route, &parts, timeout, started)?;
+    let (response, lease) =
+        state.upstream.server_streaming(&route.grpc_path, &route.rpc.output(), &options, encode(&message)).await?;
+    let upstream = response.into_inner();
 
     let wants_sse = parts
         .headers
@@ -154,6 +161,7 @@ async fn client_streaming(
     parts: Parts,
     body: Body,
 ) -> Result<Response, GatewayError> {
+    let started = tokio::time::Instant::now();
     check_content_type(&parts, &["application/json", NDJSON, "application/jsonl", "application/x-jsonlines"])?;
     if let Some(query) = parts.uri.query().filter(|q| !q.is_empty())
         && state.config.transcode.unknown_query_params == transcode::UnknownQueryParams::Reject
@@ -167,8 +175,8 @@ async fn client_streaming(
     {
         return Err(GatewayError::PayloadTooLarge { limit: state.config.max_body_bytes });
     }
-    let metadata = request_metadata(&parts)?;
-    let deadline = metadata::deadline(metadata::client_timeout(&parts.headers)?, state.config.default_timeout);
+    let timeout = metadata::deadline(metadata::client_timeout(&parts.headers)?, state.config.default_timeout);
+    let options = call_options(route, &parts, timeout, started)?;
     let limits = RequestStreamLimits {
         idle_timeout: state.config.body_read_timeout,
         max_body_bytes: state.config.max_body_bytes,
@@ -176,14 +184,9 @@ async fn client_streaming(
         max_depth: state.config.transcode.max_json_depth,
     };
 
-    let lease = state.pool.lease();
-    let mut grpc = ready(&lease).await?;
     let (sink, messages) = mpsc::channel(16);
-    let request = upstream_request(metadata, ReceiverStream::new(messages), deadline);
-    let call = within(
-        deadline,
-        grpc.client_streaming(request, route.grpc_path.clone(), DynamicCodec::new(route.rpc.output())),
-    );
+    let output = route.rpc.output();
+    let call = state.upstream.client_streaming(&route.grpc_path, &output, &options, messages);
     let feed = stream::feed_request_stream(body, route.rpc.input(), limits, sink);
     tokio::pin!(call, feed);
     // Both run together, so each message goes upstream as it arrives. A body error wins over the call's
@@ -213,45 +216,6 @@ async fn client_streaming(
 fn request_metadata(parts: &Parts) -> Result<MetadataMap, GatewayError> {
     let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0);
     metadata::request_metadata(&parts.headers, peer)
-}
-
-fn upstream_request<T>(metadata: MetadataMap, message: T, deadline: Option<Duration>) -> tonic::Request<T> {
-    let mut request = tonic::Request::from_parts(metadata, Extensions::default(), message);
-    if let Some(deadline) = deadline {
-        // Sent upstream as grpc-timeout, so the server stops working on an answer nobody will wait for.
-        request.set_timeout(deadline);
-    }
-    request
-}
-
-async fn ready(lease: &Lease) -> Result<tonic::client::Grpc<tonic::transport::Channel>, GatewayError> {
-    let mut grpc = tonic::client::Grpc::new(lease.channel());
-    grpc.ready().await.map_err(|e| {
-        GatewayError::Upstream(tonic::Status::unavailable(format!("upstream {} is unavailable: {e}", lease.endpoint())))
-    })?;
-    Ok(grpc)
-}
-
-/// Awaits an upstream call within the deadline; its expiry is DEADLINE_EXCEEDED (504) whichever side notices
-/// first.
-async fn within<T>(
-    deadline: Option<Duration>,
-    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-) -> Result<tonic::Response<T>, GatewayError> {
-    let Some(deadline) = deadline else { return Ok(call.await?) };
-    match tokio::time::timeout(deadline, call).await {
-        Ok(Ok(response)) => Ok(response),
-        Ok(Err(status)) if is_client_timeout(&status) => Err(GatewayError::DeadlineExceeded(deadline)),
-        Ok(Err(status)) => Err(status.into()),
-        Err(_) => Err(GatewayError::DeadlineExceeded(deadline)),
-    }
-}
-
-/// tonic's client enforces the grpc-timeout it sends, and reports expiry as CANCELLED carrying its
-/// `TimeoutExpired` error's text (the error itself is not kept as the status's source, so the text is all
-/// there is to recognise).
-fn is_client_timeout(status: &tonic::Status) -> bool {
-    status.code() == tonic::Code::Cancelled && status.message() == tonic::TimeoutExpired(()).to_string()
 }
 
 /// Reads a unary body: JSON (415 otherwise, checked before reading), within the size limit (413) and within the

@@ -3,9 +3,12 @@
 //!
 //! ```text
 //! client ─▶ layers (request id, log line, CORS, compression, panic → 500) ─▶ route table (fallback service)
-//!        ─▶ transcode in ─▶ upstream pool (p2c over pooled HTTP/2 connections) ─▶ transcode out / SSE / NDJSON
+//!        ─▶ transcode in ─▶ upstream (deadline, bulkhead, retries, p2c, breakers) ─▶ transcode out / SSE / NDJSON
 //! ```
+//!
+//! The admin view (`admin.rs`) is a separate router, served on its own listener, never on the public one.
 
+pub mod admin;
 pub mod error;
 pub mod handler;
 mod json_check;
@@ -40,7 +43,7 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::upstream::{PoolConfig, PoolError, UpstreamPool};
+use crate::upstream::{Upstream, UpstreamConfig, UpstreamError};
 use error::GatewayError;
 use handler::RoutedRpc;
 use rules::{RouteTable, RuleError};
@@ -49,9 +52,14 @@ use transcode::TranscodeOptions;
 /// The gateway's settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GatewayConfig {
-    /// gRPC upstream URLs (`http://host:port`).
+    /// Upstream targets: `http://host:port`, `dns://name:port` or `file://path.json`.
     pub upstreams: Vec<String>,
-    pub pool: PoolConfig,
+    pub upstream: UpstreamConfig,
+    /// RPCs (`package.Service.Method`) whose calls may be retried after reaching a server, besides those
+    /// bound to GET and those marked idempotent in their proto options.
+    pub idempotent_rpcs: Vec<String>,
+    /// RPCs never retried after reaching a server, even when bound to GET.
+    pub non_idempotent_rpcs: Vec<String>,
     /// Request bodies beyond this are refused with 413.
     pub max_body_bytes: usize,
     pub transcode: TranscodeOptions,
@@ -73,7 +81,9 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             upstreams: vec!["http://127.0.0.1:50051".into()],
-            pool: PoolConfig::default(),
+            upstream: UpstreamConfig::default(),
+            idempotent_rpcs: Vec::new(),
+            non_idempotent_rpcs: Vec::new(),
             max_body_bytes: 4 * 1024 * 1024,
             transcode: TranscodeOptions::default(),
             default_timeout: Some(Duration::from_secs(30)),
@@ -92,7 +102,7 @@ pub enum GatewayStartError {
     #[error("cannot build routes from the descriptors: {0}")]
     Rules(#[from] RuleError),
     #[error("invalid upstream: {0}")]
-    Upstream(#[from] PoolError),
+    Upstream(#[from] UpstreamError),
     #[error("invalid CORS origin {0:?}")]
     Cors(String),
 }
@@ -100,7 +110,7 @@ pub enum GatewayStartError {
 /// What every request handler shares.
 pub struct GatewayState {
     pub routes: RouteTable,
-    pub pool: UpstreamPool,
+    pub upstream: Upstream,
     pub config: GatewayConfig,
     shutdown: CancellationToken,
 }
@@ -127,17 +137,35 @@ impl GatewayState {
     }
 }
 
-/// The gateway's router: operational endpoints, OpenAPI and Swagger UI, and every route of the descriptors.
+/// The gateway's routers: the public one, and the admin view to serve on a separate listener.
+pub struct Routers {
+    pub public: Router,
+    pub admin: Router,
+}
+
+/// The gateway's public router: operational endpoints, OpenAPI and Swagger UI, and every route of the
+/// descriptors. Starts the upstream's discovery and health checks, which stop with `shutdown`.
 pub fn router(
-    pool_descriptors: &DescriptorPool,
+    descriptors: &DescriptorPool,
     config: GatewayConfig,
     shutdown: CancellationToken,
 ) -> Result<Router, GatewayStartError> {
-    let routes = RouteTable::from_pool(pool_descriptors)?;
+    Ok(routers(descriptors, config, shutdown)?.public)
+}
+
+/// [`router`] and the admin router, sharing one upstream.
+pub fn routers(
+    descriptors: &DescriptorPool,
+    config: GatewayConfig,
+    shutdown: CancellationToken,
+) -> Result<Routers, GatewayStartError> {
+    let mut routes = RouteTable::from_pool(descriptors)?;
+    routes.override_idempotency(&config.idempotent_rpcs, &config.non_idempotent_rpcs)?;
     let document = openapi::document(&routes);
-    let pool = UpstreamPool::new(&config.upstreams, &config.pool)?;
+    let upstream = Upstream::start(&config.upstreams, config.upstream.clone(), shutdown.clone())?;
     let cors = cors_layer(&config.cors_allowed_origins)?;
-    let state = Arc::new(GatewayState { routes, pool, config, shutdown });
+    let admin = admin::router(upstream.clone());
+    let state = Arc::new(GatewayState { routes, upstream, config, shutdown });
 
     // Streams must not be compressed: the encoder would hold events back until its buffer fills.
     let compress = DefaultPredicate::new().and(NotForContentType::const_new(stream::NDJSON));
@@ -167,13 +195,14 @@ pub fn router(
             GatewayError::Upstream(tonic::Status::internal("internal error in the gateway")).into_response()
         }));
 
-    Ok(Router::new()
+    let public = Router::new()
         .route("/healthz", get(healthz).fallback(operational_method_not_allowed))
         .route("/readyz", get(readyz).fallback(operational_method_not_allowed))
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", document))
         .fallback(handler::handle)
         .with_state(state)
-        .layer(layers))
+        .layer(layers);
+    Ok(Routers { public, admin })
 }
 
 fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, GatewayStartError> {
@@ -203,30 +232,17 @@ async fn healthz() -> Response {
     json_response(StatusCode::OK, serde_json::json!({ "status": "ok" }))
 }
 
-/// Ready when at least one upstream endpoint answers grpc.health.v1 Check with SERVING.
+/// Ready when some upstream endpoint is confirmed SERVING by its health check and not ejected by its breaker.
+/// The body lists every endpoint's state, as the health checks and breakers see it.
 async fn readyz(State(state): State<Arc<GatewayState>>) -> Response {
-    use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::health_client::HealthClient;
-
-    let mut upstreams = Vec::new();
-    let mut ready = false;
-    for endpoint in state.pool.endpoints() {
-        let Some(channel) = state.pool.channel_to(&endpoint) else { continue };
-        let mut client = HealthClient::new(channel);
-        let check = client.check(HealthCheckRequest { service: String::new() });
-        let status = match tokio::time::timeout(Duration::from_secs(2), check).await {
-            Ok(Ok(response)) => ServingStatus::try_from(response.into_inner().status)
-                .unwrap_or(ServingStatus::Unknown)
-                .as_str_name()
-                .to_string(),
-            Ok(Err(status)) => format!("error: {}", status.message()),
-            Err(_) => "error: health check timed out".to_string(),
-        };
-        ready |= status == "SERVING";
-        upstreams.push(serde_json::json!({ "endpoint": endpoint.to_string(), "status": status }));
-    }
-    let (code, status) = if ready { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") };
+    let snapshot = state.upstream.snapshot();
+    let upstreams: Vec<serde_json::Value> = snapshot
+        .endpoints
+        .iter()
+        .map(|e| serde_json::json!({ "endpoint": e.address, "status": e.health, "breaker": e.breaker.state }))
+        .collect();
+    let (code, status) =
+        if snapshot.ready { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") };
     json_response(code, serde_json::json!({ "status": status, "upstreams": upstreams }))
 }
 

@@ -55,7 +55,7 @@ pub struct PathField {
 }
 
 /// One HTTP binding of one RPC.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Route {
     pub http_method: Method,
     pub template: PathTemplate,
@@ -67,6 +67,10 @@ pub struct Route {
     pub grpc_path: PathAndQuery,
     pub kind: CallKind,
     pub sse: SseOptions,
+    /// Whether a call that reached a server may be retried: GET (and HEAD) routes, RPCs marked
+    /// `idempotency_level = IDEMPOTENT` or `NO_SIDE_EFFECTS`, and the gateway's `--idempotent-rpcs`, less its
+    /// `--non-idempotent-rpcs`.
+    pub idempotent: bool,
 }
 
 impl Route {
@@ -185,6 +189,34 @@ impl RouteTable {
         &self.routes
     }
 
+    /// Marks the RPCs in `idempotent` as safe to retry on every route, and those in `not_idempotent` as never
+    /// (the latter wins). Names are `package.Service.Method`; `package.Service/Method` is accepted too.
+    ///
+    /// # Errors
+    ///
+    /// A name that matches no routed RPC: a typo must not silently turn retries off (or on).
+    pub fn override_idempotency(&mut self, idempotent: &[String], not_idempotent: &[String]) -> Result<(), RuleError> {
+        for (names, value) in [(idempotent, true), (not_idempotent, false)] {
+            for name in names {
+                let wanted = name.trim().trim_start_matches('/').replace('/', ".");
+                let mut found = false;
+                for route in &mut self.routes {
+                    if route.rpc_name() == wanted {
+                        Arc::make_mut(route).idempotent = value;
+                        found = true;
+                    }
+                }
+                if !found {
+                    return Err(RuleError::Invalid {
+                        rpc: wanted,
+                        message: "named in the idempotency settings, but no HTTP route calls it".into(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The most specific route for `method` and `path`; else which methods the path has; else not found.
     pub fn find(&self, method: &Method, path: &str) -> RouteMatch<'_> {
         let mut allowed: Vec<Method> = Vec::new();
@@ -206,6 +238,12 @@ impl RouteTable {
             RouteMatch::MethodNotAllowed(allowed)
         }
     }
+}
+
+/// `option idempotency_level = IDEMPOTENT` (or `NO_SIDE_EFFECTS`) on the method.
+fn marked_idempotent(rpc: &MethodDescriptor) -> bool {
+    // google.protobuf.MethodOptions.IdempotencyLevel: 1 NO_SIDE_EFFECTS, 2 IDEMPOTENT.
+    matches!(rpc.options().get_field_by_name("idempotency_level").as_deref(), Some(Value::EnumNumber(1 | 2)))
 }
 
 fn has_additional_bindings(rule: &DynamicMessage) -> bool {
@@ -298,7 +336,19 @@ fn route(rpc: &MethodDescriptor, rule: &DynamicMessage, kind: CallKind, sse: Sse
     };
     let grpc_path = format!("/{}/{}", rpc.parent_service().full_name(), rpc.name());
     let grpc_path = PathAndQuery::try_from(grpc_path).map_err(|e| invalid(format!("bad gRPC path: {e}")))?;
-    Ok(Route { http_method, template, path_fields, body, response_body, rpc: rpc.clone(), grpc_path, kind, sse })
+    let idempotent = http_method == Method::GET || http_method == Method::HEAD || marked_idempotent(rpc);
+    Ok(Route {
+        http_method,
+        template,
+        path_fields,
+        body,
+        response_body,
+        rpc: rpc.clone(),
+        grpc_path,
+        kind,
+        sse,
+        idempotent,
+    })
 }
 
 fn sse_options(rpc: &MethodDescriptor, option: &Value) -> Result<SseOptions, String> {

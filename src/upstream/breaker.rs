@@ -220,6 +220,25 @@ impl Breaker {
         }
     }
 
+    /// Whether [`Self::try_acquire`] would admit a request now, without taking the probe slot: lets the
+    /// balancer choose among endpoints before committing to one.
+    pub fn admits(&self, now: Instant) -> bool {
+        match self.phase {
+            Phase::Closed { .. } => true,
+            Phase::Open { until } => now >= until,
+            Phase::HalfOpen { probing } => !probing,
+        }
+    }
+
+    /// The active health check saw the endpoint recover (it turned SERVING): close the breaker at once
+    /// instead of waiting out the ejection, as Envoy does by default. The ejection count is kept, so an
+    /// endpoint that keeps failing under traffic is still ejected for longer each time.
+    pub fn uneject(&mut self, now: Instant) {
+        if !matches!(self.phase, Phase::Closed { .. }) {
+            self.phase = Phase::Closed { failures: 0, since: Some(now) };
+        }
+    }
+
     pub fn state(&self, now: Instant) -> BreakerState {
         match self.phase {
             Phase::Closed { .. } => BreakerState::Closed,
@@ -292,6 +311,14 @@ impl SharedBreaker {
 
     pub fn on_abandoned(&self) {
         self.lock().on_abandoned();
+    }
+
+    pub fn admits(&self, now: Instant) -> bool {
+        self.lock().admits(now)
+    }
+
+    pub fn uneject(&self, now: Instant) {
+        self.lock().uneject(now);
     }
 
     pub fn state(&self, now: Instant) -> BreakerState {
@@ -529,6 +556,42 @@ mod tests {
             assert_eq!(breaker.state(later), BreakerState::Open { until: later + next }, "closed for {closed_for:?}");
             assert_eq!(breaker.ejections(later), ejections + 1);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn admits_predicts_try_acquire_without_taking_the_probe() {
+        let mut breaker = Breaker::new(no_jitter());
+        assert!(breaker.admits(Instant::now()));
+        trip(&mut breaker, Instant::now());
+        assert!(!breaker.admits(Instant::now()));
+        advance(SEC).await;
+        let now = Instant::now();
+        // Asking twice changes nothing: the probe slot is still free.
+        assert!(breaker.admits(now) && breaker.admits(now));
+        assert_eq!(breaker.try_acquire(now), Admission::Probe);
+        assert!(!breaker.admits(now));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_recovered_health_check_unejects_but_keeps_the_count() {
+        let mut breaker = Breaker::new(no_jitter());
+        trip(&mut breaker, Instant::now());
+        fail_probe(&mut breaker).await; // second ejection: 2 s
+        let now = Instant::now();
+        breaker.uneject(now);
+        assert_eq!(breaker.state(now), BreakerState::Closed);
+        assert_eq!(breaker.try_acquire(now), Admission::Allowed);
+        // Failing again right away is the third ejection in a row: 4 s, not 1 s.
+        trip(&mut breaker, now);
+        assert_eq!(breaker.state(now), BreakerState::Open { until: now + 4 * SEC });
+        // Unejecting a Closed breaker does nothing to its failure count.
+        let mut closed = Breaker::new(no_jitter());
+        for _ in 0..4 {
+            closed.on_failure(now, 0.0);
+        }
+        closed.uneject(now);
+        closed.on_failure(now, 0.0);
+        assert!(matches!(closed.state(now), BreakerState::Open { .. }));
     }
 
     #[tokio::test(start_paused = true)]

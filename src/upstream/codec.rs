@@ -1,12 +1,12 @@
-//! A tonic codec for `prost_reflect::DynamicMessage`: the gateway calls any RPC it found in the descriptors,
-//! with message types known only at run time.
+//! A tonic codec for messages known only at run time: requests go out already encoded (so a retry resends the
+//! same bytes), responses are decoded as `prost_reflect::DynamicMessage`s of the RPC's output type.
 
-use prost::Message;
+use bytes::{BufMut, Bytes};
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
-/// Encodes requests of any type; decodes responses as `response` messages.
+/// Sends encoded requests; decodes responses as `response` messages.
 ///
 /// A request item is a `Result`: an `Err` aborts the call. A client stream must never end cleanly when the
 /// HTTP body behind it broke, or the server would take the items it got as the whole input (and a batch RPC
@@ -24,7 +24,7 @@ impl DynamicCodec {
 }
 
 impl Codec for DynamicCodec {
-    type Encode = Result<DynamicMessage, Status>;
+    type Encode = Result<Bytes, Status>;
     type Decode = DynamicMessage;
     type Encoder = DynamicEncoder;
     type Decoder = DynamicDecoder;
@@ -42,12 +42,13 @@ impl Codec for DynamicCodec {
 pub struct DynamicEncoder;
 
 impl Encoder for DynamicEncoder {
-    type Item = Result<DynamicMessage, Status>;
+    type Item = Result<Bytes, Status>;
     type Error = Status;
 
     fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
-        // EncodeBuf grows as needed, so encoding cannot run out of space.
-        item?.encode(dst).map_err(|e| Status::internal(format!("cannot encode request: {e}")))
+        // EncodeBuf grows as needed.
+        dst.put_slice(&item?);
+        Ok(())
     }
 }
 

@@ -1,11 +1,9 @@
-//! A pool of HTTP/2 connections to the upstream endpoints, balanced per request.
+//! The HTTP/2 connections to one endpoint.
 //!
 //! Each endpoint gets several connections, so one connection's concurrent-stream limit or head-of-line
-//! blocking does not cap throughput. Each call picks a connection by power-of-two-choices on outstanding
-//! calls: two random candidates, the less loaded wins. That spreads load like least-outstanding without
-//! every call contending on one global ordering. Health checking, ejection and discovery build on this shape.
+//! blocking does not cap throughput. A call takes the connection with the fewest outstanding calls. Connections
+//! are opened lazily, on first use, and re-opened by tonic when they fail.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -31,107 +29,21 @@ impl Default for PoolConfig {
     }
 }
 
-/// Why the pool could not be built.
+/// Why an endpoint address cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum PoolError {
-    #[error("no upstream endpoints given")]
-    Empty,
-    #[error("invalid upstream URL {url:?}: {reason}")]
-    InvalidUrl { url: String, reason: String },
+#[error("invalid upstream URL {url:?}: {reason}")]
+pub struct InvalidUrl {
+    pub url: String,
+    pub reason: String,
 }
 
-struct Connection {
-    channel: Channel,
-    endpoint: Uri,
-    outstanding: AtomicUsize,
-}
-
-/// The upstream connections; cheap to clone.
-#[derive(Clone)]
-pub struct UpstreamPool {
-    connections: Arc<[Connection]>,
-}
-
-/// A connection picked for one call. Counts as outstanding until dropped, so keep it alive for the whole call,
-/// including a streamed response.
-pub struct Lease {
-    connections: Arc<[Connection]>,
-    index: usize,
-}
-
-impl Lease {
-    pub fn channel(&self) -> Channel {
-        self.connections[self.index].channel.clone()
-    }
-
-    pub fn endpoint(&self) -> &Uri {
-        &self.connections[self.index].endpoint
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.connections[self.index].outstanding.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl UpstreamPool {
-    /// Connections are opened lazily, on first use, and re-opened by tonic when they fail.
-    ///
-    /// Fails when `urls` is empty or a URL is not an `http://` or `https://` URL with a host.
-    pub fn new(urls: &[String], config: &PoolConfig) -> Result<Self, PoolError> {
-        if urls.is_empty() {
-            return Err(PoolError::Empty);
-        }
-        let mut connections = Vec::new();
-        for url in urls {
-            let endpoint = endpoint(url, config)?;
-            for _ in 0..config.connections_per_endpoint.max(1) {
-                connections.push(Connection {
-                    channel: endpoint.connect_lazy(),
-                    endpoint: endpoint.uri().clone(),
-                    outstanding: AtomicUsize::new(0),
-                });
-            }
-        }
-        Ok(Self { connections: connections.into() })
-    }
-
-    /// Picks the less loaded of two random connections.
-    pub fn lease(&self) -> Lease {
-        let count = self.connections.len();
-        let index = if count == 1 {
-            0
-        } else {
-            let first = fastrand::usize(..count);
-            // A second, different candidate.
-            let second = (first + 1 + fastrand::usize(..count - 1)) % count;
-            let load = |i: usize| self.connections[i].outstanding.load(Ordering::Relaxed);
-            if load(second) < load(first) { second } else { first }
-        };
-        self.connections[index].outstanding.fetch_add(1, Ordering::Relaxed);
-        Lease { connections: Arc::clone(&self.connections), index }
-    }
-
-    /// The distinct endpoints, for health checks.
-    pub fn endpoints(&self) -> Vec<Uri> {
-        let mut endpoints: Vec<Uri> = Vec::new();
-        for connection in self.connections.iter() {
-            if !endpoints.contains(&connection.endpoint) {
-                endpoints.push(connection.endpoint.clone());
-            }
-        }
-        endpoints
-    }
-
-    /// A channel to one endpoint (its first connection).
-    pub fn channel_to(&self, endpoint: &Uri) -> Option<Channel> {
-        self.connections.iter().find(|c| &c.endpoint == endpoint).map(|c| c.channel.clone())
-    }
-}
-
-fn endpoint(url: &str, config: &PoolConfig) -> Result<Endpoint, PoolError> {
-    let invalid = |reason: &str| PoolError::InvalidUrl { url: url.to_string(), reason: reason.to_string() };
+/// Parses an endpoint address: an `http://host:port` or `https://host:port` URL.
+///
+/// # Errors
+///
+/// Anything else, named in the error.
+pub fn parse_url(url: &str) -> Result<Uri, InvalidUrl> {
+    let invalid = |reason: &str| InvalidUrl { url: url.to_string(), reason: reason.to_string() };
     let uri: Uri = url.parse().map_err(|e: http::uri::InvalidUri| invalid(&e.to_string()))?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
@@ -140,12 +52,72 @@ fn endpoint(url: &str, config: &PoolConfig) -> Result<Endpoint, PoolError> {
     if uri.host().is_none() {
         return Err(invalid("missing host"));
     }
-    let endpoint = Endpoint::from(uri)
+    if uri.path_and_query().is_some_and(|p| !matches!(p.as_str(), "" | "/")) {
+        return Err(invalid("an upstream URL has no path"));
+    }
+    Ok(uri)
+}
+
+/// The tonic endpoint settings shared by request connections and health checks.
+pub fn endpoint(address: &Uri, config: &PoolConfig) -> Endpoint {
+    Endpoint::from(address.clone())
         .connect_timeout(config.connect_timeout)
         .http2_keep_alive_interval(config.keep_alive_interval)
         .keep_alive_while_idle(true)
-        .tcp_nodelay(true);
-    Ok(endpoint)
+        .tcp_nodelay(true)
+}
+
+struct Connection {
+    channel: Channel,
+    outstanding: AtomicUsize,
+}
+
+/// The connections to one endpoint, with a count of outstanding calls on each.
+pub struct ConnectionPool {
+    connections: Box<[Connection]>,
+}
+
+impl ConnectionPool {
+    /// `config.connections_per_endpoint` lazy connections (at least one).
+    pub fn new(address: &Uri, config: &PoolConfig) -> Self {
+        let endpoint = endpoint(address, config);
+        let connections = (0..config.connections_per_endpoint.max(1))
+            .map(|_| Connection { channel: endpoint.connect_lazy(), outstanding: AtomicUsize::new(0) })
+            .collect();
+        Self { connections }
+    }
+
+    /// Takes the connection with the fewest outstanding calls (the first of equals), counting the call on it
+    /// until [`Self::release`].
+    pub fn acquire(&self) -> usize {
+        let mut best = 0;
+        let mut best_load = usize::MAX;
+        for (index, connection) in self.connections.iter().enumerate() {
+            let load = connection.outstanding.load(Ordering::Relaxed);
+            if load < best_load {
+                best = index;
+                best_load = load;
+            }
+        }
+        self.connections[best].outstanding.fetch_add(1, Ordering::Relaxed);
+        best
+    }
+
+    pub fn release(&self, index: usize) {
+        self.connections[index].outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn channel(&self, index: usize) -> Channel {
+        self.connections[index].channel.clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.connections.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.connections.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -153,31 +125,24 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn leases_spread_over_connections_and_release_on_drop() -> Result<(), PoolError> {
+    async fn calls_go_to_the_least_busy_connection_and_release_it() -> Result<(), InvalidUrl> {
         let config = PoolConfig { connections_per_endpoint: 3, ..PoolConfig::default() };
-        let pool = UpstreamPool::new(&["http://127.0.0.1:1".into(), "http://127.0.0.2:1".into()], &config)?;
-        assert_eq!(pool.endpoints().len(), 2);
-        // A fixed seed: the picks are random by design, the test must not be.
-        fastrand::seed(7);
-        let leases: Vec<Lease> = (0..600).map(|_| pool.lease()).collect();
-        let loads: Vec<usize> = pool.connections.iter().map(|c| c.outstanding.load(Ordering::Relaxed)).collect();
-        assert_eq!(loads.iter().sum::<usize>(), 600);
-        // Power of two choices keeps every connection near the mean of 100 (one random pick would not).
-        assert!(loads.iter().all(|load| (80..=120).contains(load)), "{loads:?}");
-        drop(leases);
-        assert!(pool.connections.iter().all(|c| c.outstanding.load(Ordering::Relaxed) == 0));
+        let pool = ConnectionPool::new(&parse_url("http://127.0.0.1:1")?, &config);
+        let taken: Vec<usize> = (0..6).map(|_| pool.acquire()).collect();
+        assert_eq!(taken, [0, 1, 2, 0, 1, 2]);
+        pool.release(1);
+        pool.release(1);
+        assert_eq!(pool.acquire(), 1);
         Ok(())
     }
 
     #[test]
     fn rejects_bad_urls() {
-        let config = PoolConfig::default();
-        assert!(matches!(UpstreamPool::new(&[], &config), Err(PoolError::Empty)));
-        for bad in ["127.0.0.1:50051", "ftp://x:1", "http://", "not a url"] {
-            assert!(
-                matches!(UpstreamPool::new(&[bad.to_string()], &config), Err(PoolError::InvalidUrl { .. })),
-                "{bad}"
-            );
+        for bad in ["127.0.0.1:50051", "ftp://x:1", "http://", "not a url", "http://x:1/some/path"] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+        for good in ["http://127.0.0.1:50051", "https://users.internal:443", "http://[::1]:50051/"] {
+            assert!(parse_url(good).is_ok(), "{good}");
         }
     }
 }

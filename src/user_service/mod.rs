@@ -53,6 +53,10 @@ pub enum ServeError {
 /// Opens the store and serves the UserService on `listener` until `shutdown` is cancelled, then drains
 /// in-flight calls for at most `config.drain_timeout` (watches end at once with UNAVAILABLE).
 ///
+/// Shutdown starts with `config.shutdown_grace` of "lame duck" service: health turns NOT_SERVING at once, but
+/// calls are still served, so that load balancers (the gateway's health checks, a Kubernetes endpoint update)
+/// stop sending work before the listener closes. Only then does the server stop accepting and drain.
+///
 /// Fails when the database cannot be opened or migrated, or the server cannot run.
 pub async fn serve(
     config: &UserServiceConfig,
@@ -61,7 +65,20 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.database_url, config.change_log_window).await?);
     let hasher = PasswordHasher::new(config.password_hash_cost)?;
-    let feed = events::ChangeFeed::start(Arc::clone(&store), config.feed, shutdown.clone()).await?;
+    // Health follows `shutdown`; everything else stops only after the grace period.
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let (shutdown, stop, grace) = (shutdown.clone(), stop.clone(), config.shutdown_grace);
+        async move {
+            shutdown.cancelled().await;
+            if !grace.is_zero() {
+                tracing::info!(?grace, "shutting down: NOT_SERVING, still serving calls for the grace period");
+                tokio::time::sleep(grace).await;
+            }
+            stop.cancel();
+        }
+    });
+    let feed = events::ChangeFeed::start(Arc::clone(&store), config.feed, stop.clone()).await?;
     let service = UserServiceImpl::new(Arc::clone(&store), hasher, feed);
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -87,10 +104,10 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.clone().cancelled_owned());
 
     let drain_deadline = async {
-        shutdown.cancelled().await;
+        stop.cancelled().await;
         tokio::time::sleep(config.drain_timeout).await;
     };
     tokio::select! {

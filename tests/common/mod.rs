@@ -99,7 +99,9 @@ pub fn violations(status: &tonic::Status) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+pub mod dnsmasq;
 pub mod process;
+pub mod replicas;
 pub mod rest;
 
 /// A UserService with the gateway in front of it, both on 127.0.0.1:0 in this process.

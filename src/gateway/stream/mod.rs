@@ -153,7 +153,7 @@ pub async fn feed_request_stream(
     body: Body,
     descriptor: MessageDescriptor,
     limits: RequestStreamLimits,
-    sink: mpsc::Sender<Result<DynamicMessage, tonic::Status>>,
+    sink: mpsc::Sender<Result<bytes::Bytes, tonic::Status>>,
 ) -> Result<(), GatewayError> {
     let result = read_messages(body, &descriptor, limits, &sink).await;
     if let Err(error) = &result {
@@ -168,7 +168,7 @@ async fn read_messages(
     body: Body,
     descriptor: &MessageDescriptor,
     limits: RequestStreamLimits,
-    sink: &mpsc::Sender<Result<DynamicMessage, tonic::Status>>,
+    sink: &mpsc::Sender<Result<bytes::Bytes, tonic::Status>>,
 ) -> Result<(), GatewayError> {
     let mut splitter =
         JsonSplitter::new(SplitLimits { max_message_bytes: limits.max_message_bytes, max_depth: limits.max_depth });
@@ -193,7 +193,7 @@ async fn read_messages(
                 GatewayError::BadRequest(message) => GatewayError::BadRequest(format!("message {index}: {message}")),
                 other => other,
             })?;
-            if sink.send(Ok(message)).await.is_err() {
+            if sink.send(Ok(bytes::Bytes::from(prost::Message::encode_to_vec(&message)))).await.is_err() {
                 // The upstream call is over; its status is what the client gets.
                 return Ok(());
             }

@@ -1,0 +1,514 @@
+//! One upstream call, end to end: the bulkhead slot, then attempts on endpoints the balancer picks, retried
+//! within the policy, the budget and the deadline.
+//!
+//! ```text
+//! deadline ▶ bulkhead (limit.rs) ▶ retry (retry.rs) ▶ p2c balancer (balancer.rs) ▶ breaker ▶ connection
+//! ```
+//!
+//! Retries live here rather than in a tower layer over HTTP requests because the decision needs what only the
+//! call knows: the gRPC status and its transport cause (was anything sent?), whether the RPC is idempotent,
+//! and for a client stream whether any message has gone out. A unary request is kept encoded ([`Bytes`]), so a
+//! retry resends it without re-encoding; a client stream is replayable only until its first message is sent
+//! ([`RequestReplay`]).
+
+use std::error::Error as _;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tonic::client::Grpc;
+use tonic::metadata::MetadataMap;
+use tonic::transport::{Channel, Uri};
+use tonic::{Code, Extensions, Status};
+
+use crate::upstream::balancer::NoEndpoint;
+use crate::upstream::endpoint::Lease;
+use crate::upstream::limit::Overloaded;
+use crate::upstream::retry::{Decision, FailedAttempt, Failure};
+
+/// What the caller knows about a call.
+#[derive(Debug, Clone)]
+pub struct CallOptions {
+    pub metadata: MetadataMap,
+    /// Whether the RPC may be applied twice (GET routes and configured RPCs): only then is a call that reached
+    /// a server retried.
+    pub idempotent: bool,
+    /// The whole call's time, every attempt and wait included; `None` for none.
+    pub timeout: Option<Duration>,
+    /// When the request arrived; the deadline counts from here.
+    pub started: Instant,
+}
+
+impl CallOptions {
+    fn deadline(&self) -> Option<Instant> {
+        self.timeout.map(|timeout| self.started + timeout)
+    }
+}
+
+/// Why a call failed, after any retries.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The last attempt's status: the upstream's answer, or tonic's on its behalf.
+    #[error("{}", .0.message())]
+    Status(Status),
+    #[error("the deadline of {0:?} expired before the upstream answered")]
+    DeadlineExceeded(Duration),
+    #[error(transparent)]
+    NoEndpoint(#[from] NoEndpoint),
+    #[error("the upstream is overloaded: {0}")]
+    Overloaded(#[from] Overloaded),
+}
+
+/// An attempt's failure, as seen by the retry loop.
+enum AttemptError {
+    Status(Status),
+    /// The call's deadline expired during the attempt.
+    TimedOut,
+}
+
+/// How a failed attempt is judged: for the retry policy, and for the endpoint's breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Classified {
+    pub failure: Failure,
+    /// Whether any of the request may have reached the server.
+    pub sent: bool,
+}
+
+impl Classified {
+    /// Failures that say something about the endpoint rather than about the request.
+    pub fn counts_against_endpoint(self) -> bool {
+        !matches!(self.failure, Failure::Other)
+    }
+}
+
+/// Classifies a failed attempt's status by its code and its transport cause.
+pub fn classify(status: &Status) -> Classified {
+    let mut broken_connection = false;
+    let mut source = status.source();
+    while let Some(error) = source {
+        if error.is::<tonic::ConnectError>() {
+            return Classified { failure: Failure::ConnectFailed, sent: false };
+        }
+        if let Some(error) = error.downcast_ref::<hyper::Error>() {
+            if error.is_canceled() {
+                // hyper cancels requests still queued for a connection that closed: none of it was written.
+                return Classified { failure: Failure::Refused, sent: false };
+            }
+            broken_connection = true;
+        }
+        if let Some(error) = error.downcast_ref::<h2::Error>() {
+            if error.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                // The protocol's promise: a refused stream was not processed.
+                return Classified { failure: Failure::Refused, sent: false };
+            }
+            broken_connection = true;
+        }
+        broken_connection |= error.is::<std::io::Error>();
+        source = error.source();
+    }
+    let failure = match status.code() {
+        Code::Unavailable => Failure::Unavailable,
+        Code::DeadlineExceeded => Failure::DeadlineExceeded,
+        _ if is_client_timeout(status) => Failure::DeadlineExceeded,
+        // tonic reports some broken connections as UNKNOWN "transport error": the request went out and the
+        // connection died under it, which is UNAVAILABLE in gRPC's terms.
+        _ if broken_connection => Failure::Unavailable,
+        _ => Failure::Other,
+    };
+    Classified { failure, sent: true }
+}
+
+/// The status a client gets for a failed attempt: a broken connection is UNAVAILABLE (503), whatever code
+/// tonic gave it, so that clients see a retryable failure rather than a 500.
+fn client_status(status: Status, classified: Classified) -> Status {
+    if classified.failure == Failure::Unavailable && status.code() != Code::Unavailable {
+        Status::unavailable(format!("the upstream connection failed: {}", status.message()))
+    } else {
+        status
+    }
+}
+
+/// tonic's client enforces the grpc-timeout it sends, and reports expiry as CANCELLED carrying its
+/// `TimeoutExpired` error's text (the error itself is not kept as the status's source, so the text is all
+/// there is to recognise).
+fn is_client_timeout(status: &Status) -> bool {
+    status.code() == Code::Cancelled && status.message() == tonic::TimeoutExpired(()).to_string()
+}
+
+/// The retry loop's view of the upstream: implemented by the cluster.
+pub(crate) trait Attempts {
+    async fn slot(&self, deadline: Option<Instant>) -> Result<crate::upstream::limit::Slot, Overloaded>;
+    async fn pick(&self, avoid: &[Uri], deadline: Option<Instant>) -> Result<Lease, NoEndpoint>;
+    fn start_request(&self);
+    fn decide(&self, failed: &FailedAttempt) -> Decision;
+    fn backoff(&self, attempts: u32) -> Duration;
+}
+
+/// Runs `attempt` on endpoints until one succeeds or the policy gives up. `replay`, for a client stream, says
+/// whether its messages can still be sent again. Returns the result with its lease, which keeps the endpoint
+/// counted as busy while a streamed response lasts.
+pub(crate) async fn with_retries<A, T, F, Fut>(
+    upstream: &A,
+    options: &CallOptions,
+    replay: Option<&RequestReplay>,
+    mut attempt: F,
+) -> Result<(T, Lease), CallError>
+where
+    A: Attempts,
+    F: FnMut(Grpc<Channel>, tonic::metadata::MetadataMap, Option<Duration>) -> Fut,
+    Fut: Future<Output = Result<T, Status>>,
+{
+    let deadline = options.deadline();
+    let timed_out = || CallError::DeadlineExceeded(options.timeout.unwrap_or_default());
+    let _slot = upstream.slot(deadline).await?;
+    upstream.start_request();
+    let mut tried: Vec<Uri> = Vec::new();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let mut lease = upstream.pick(&tried, deadline).await?;
+        let time_left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if time_left.is_some_and(|left| left.is_zero()) {
+            return Err(timed_out());
+        }
+        let outcome = run_attempt(&lease, time_left, &options.metadata, &mut attempt).await;
+        let status = match outcome {
+            Ok(value) => {
+                lease.succeeded();
+                return Ok((value, lease));
+            }
+            Err(AttemptError::TimedOut) => {
+                lease.failed("no answer before the deadline");
+                return Err(timed_out());
+            }
+            Err(AttemptError::Status(status)) => status,
+        };
+        let classified = classify(&status);
+        if classified.counts_against_endpoint() {
+            lease.failed(&format!("{:?}: {}", status.code(), status.message()));
+        } else {
+            lease.succeeded();
+        }
+        let endpoint = lease.address().clone();
+        drop(lease);
+        let failed = FailedAttempt {
+            sent: classified.sent,
+            idempotent: options.idempotent,
+            partial_stream: replay.is_some_and(RequestReplay::pulled),
+            failure: classified.failure,
+            attempts,
+            time_left: deadline.map(|d| d.saturating_duration_since(Instant::now())),
+            delay: upstream.backoff(attempts),
+        };
+        match upstream.decide(&failed) {
+            // A stream whose first message went out between the decision and now cannot be replayed.
+            Decision::RetryAfter(delay) if replay.is_none_or(RequestReplay::rewind) => {
+                tracing::debug!(%endpoint, attempts, ?delay, code = ?status.code(), "retrying on another endpoint");
+                tried.push(endpoint);
+                tokio::time::sleep(delay).await;
+            }
+            decision => {
+                if let Decision::GiveUp(reason) = decision {
+                    tracing::debug!(%endpoint, attempts, reason = reason.as_str(), code = ?status.code(), "not retrying");
+                }
+                return Err(match classified.failure {
+                    Failure::DeadlineExceeded if is_client_timeout(&status) => timed_out(),
+                    _ => CallError::Status(client_status(status, classified)),
+                });
+            }
+        }
+    }
+}
+
+async fn run_attempt<T, F, Fut>(
+    lease: &Lease,
+    time_left: Option<Duration>,
+    metadata: &MetadataMap,
+    attempt: &mut F,
+) -> Result<T, AttemptError>
+where
+    F: FnMut(Grpc<Channel>, MetadataMap, Option<Duration>) -> Fut,
+    Fut: Future<Output = Result<T, Status>>,
+{
+    let mut grpc = Grpc::new(lease.channel());
+    if let Err(error) = grpc.ready().await {
+        // The connection's worker is gone: nothing was sent.
+        return Err(AttemptError::Status(Status::from_error(Box::new(tonic::ConnectError(Box::new(error))))));
+    }
+    let call = attempt(grpc, metadata.clone(), time_left);
+    match time_left {
+        Some(left) => tokio::time::timeout(left, call).await.map_err(|_| AttemptError::TimedOut)?,
+        None => call.await,
+    }
+    .map_err(AttemptError::Status)
+}
+
+/// A request for one attempt, with the metadata and the time left sent upstream as `grpc-timeout`, so the
+/// server stops working on an answer nobody will wait for.
+pub fn request<T>(metadata: MetadataMap, message: T, time_left: Option<Duration>) -> tonic::Request<T> {
+    let mut request = tonic::Request::from_parts(metadata, Extensions::default(), message);
+    if let Some(time_left) = time_left {
+        request.set_timeout(time_left);
+    }
+    request
+}
+
+/// A client stream that can be sent again until its first message has gone out.
+///
+/// The messages come from a channel the HTTP body feeds. Each attempt reads them through its own
+/// [`AttemptStream`]; a retry first [rewinds](Self::rewind), which only succeeds if no attempt has taken a
+/// message yet, and retires the earlier attempts' streams so that a late poll from one of them (hyper may
+/// still hold its body for a moment) cannot take a message meant for the new attempt.
+pub struct RequestReplay {
+    state: Arc<Mutex<ReplayState>>,
+}
+
+struct ReplayState {
+    messages: mpsc::Receiver<Result<Bytes, Status>>,
+    generation: u64,
+    pulled: bool,
+}
+
+impl RequestReplay {
+    pub fn new(messages: mpsc::Receiver<Result<Bytes, Status>>) -> Self {
+        Self { state: Arc::new(Mutex::new(ReplayState { messages, generation: 0, pulled: false })) }
+    }
+
+    /// The stream for the next attempt.
+    pub fn stream(&self) -> AttemptStream {
+        let generation = self.lock().generation;
+        AttemptStream { state: Arc::clone(&self.state), generation, retired: false }
+    }
+
+    /// Whether any message has been taken for sending.
+    pub fn pulled(&self) -> bool {
+        self.lock().pulled
+    }
+
+    /// Prepares a retry: true if nothing was sent, and then no earlier attempt's stream yields another item.
+    pub fn rewind(&self) -> bool {
+        let mut state = self.lock();
+        if state.pulled {
+            return false;
+        }
+        state.generation += 1;
+        true
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReplayState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One attempt's view of a [`RequestReplay`].
+pub struct AttemptStream {
+    state: Arc<Mutex<ReplayState>>,
+    generation: u64,
+    retired: bool,
+}
+
+impl Stream for AttemptStream {
+    type Item = Result<Bytes, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.retired {
+            return Poll::Ready(None);
+        }
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.generation != self.generation {
+            drop(state);
+            self.retired = true;
+            // An error, not the end: ending cleanly would tell the server the (empty) stream was complete.
+            return Poll::Ready(Some(Err(Status::cancelled("superseded by a retry"))));
+        }
+        let item = state.messages.poll_recv(cx);
+        if matches!(item, Poll::Ready(Some(_))) {
+            state.pulled = true;
+        }
+        item
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::upstream::balancer::Balancer;
+    use crate::upstream::breaker::BreakerConfig;
+    use crate::upstream::limit::{ConcurrencyLimit, LimitConfig, Slot};
+    use crate::upstream::pool::{PoolConfig, parse_url};
+    use crate::upstream::retry::{Backoff, RetryBudget, RetryBudgetConfig, RetryPolicy};
+
+    /// Two endpoints that are never dialled: the attempts below answer without using the channel.
+    struct FakeUpstream {
+        balancer: Balancer,
+        budget: RetryBudget,
+        limit: ConcurrencyLimit,
+    }
+
+    impl FakeUpstream {
+        fn new(budget: RetryBudgetConfig) -> Result<Self, Box<dyn std::error::Error>> {
+            let balancer = Balancer::new(PoolConfig::default(), BreakerConfig::default());
+            balancer.set_addresses(&[parse_url("http://127.0.0.1:1")?, parse_url("http://127.0.0.2:1")?]);
+            Ok(Self {
+                balancer,
+                budget: RetryBudget::new(budget),
+                limit: ConcurrencyLimit::new(LimitConfig::default()),
+            })
+        }
+
+        /// Calls sent to each endpoint.
+        fn requests(&self) -> Vec<u64> {
+            self.balancer.endpoints().iter().map(|e| e.snapshot(Instant::now()).requests).collect()
+        }
+    }
+
+    impl Attempts for FakeUpstream {
+        async fn slot(&self, deadline: Option<Instant>) -> Result<Slot, Overloaded> {
+            self.limit.acquire(deadline).await
+        }
+        async fn pick(&self, avoid: &[Uri], _deadline: Option<Instant>) -> Result<Lease, NoEndpoint> {
+            self.balancer.pick(avoid)
+        }
+        fn start_request(&self) {
+            self.budget.deposit(Instant::now());
+        }
+        fn decide(&self, failed: &FailedAttempt) -> Decision {
+            RetryPolicy::default().decide(failed, &self.budget, Instant::now())
+        }
+        fn backoff(&self, attempts: u32) -> Duration {
+            Backoff::default().delay(attempts, 0.5)
+        }
+    }
+
+    fn options(idempotent: bool, timeout: Option<Duration>) -> CallOptions {
+        CallOptions { metadata: MetadataMap::new(), idempotent, timeout, started: Instant::now() }
+    }
+
+    /// Runs a call whose attempts answer from `answers` in turn; returns the outcome and the attempts made.
+    async fn call(
+        upstream: &FakeUpstream,
+        options: &CallOptions,
+        answers: Vec<Result<&'static str, Status>>,
+    ) -> (Result<&'static str, CallError>, u32) {
+        let made = AtomicU32::new(0);
+        let answers = Mutex::new(answers.into_iter());
+        let result = with_retries(upstream, options, None, |_grpc, _metadata, _time_left| {
+            made.fetch_add(1, Ordering::Relaxed);
+            let answer = answers.lock().ok().and_then(|mut answers| answers.next());
+            async move {
+                match answer {
+                    Some(answer) => answer,
+                    None => std::future::pending().await,
+                }
+            }
+        })
+        .await;
+        (result.map(|(value, _lease)| value), made.load(Ordering::Relaxed))
+    }
+
+    fn connect_failed() -> Status {
+        Status::from_error(Box::new(tonic::ConnectError("connection refused".into())))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idempotent_call_is_retried_on_the_other_endpoint() -> Result<(), Box<dyn std::error::Error>> {
+        let upstream = FakeUpstream::new(RetryBudgetConfig::default())?;
+        let (result, attempts) =
+            call(&upstream, &options(true, None), vec![Err(Status::unavailable("reset")), Ok("user")]).await;
+        assert_eq!(result.ok(), Some("user"));
+        assert_eq!(attempts, 2);
+        assert_eq!(upstream.requests(), [1, 1], "the retry went to the other endpoint");
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_may_have_been_applied_is_retried_only_when_idempotent() -> Result<(), Box<dyn std::error::Error>> {
+        let upstream = FakeUpstream::new(RetryBudgetConfig::default())?;
+        let (result, attempts) =
+            call(&upstream, &options(false, None), vec![Err(Status::unavailable("reset")), Ok("x")]).await;
+        assert!(matches!(result, Err(CallError::Status(status)) if status.code() == Code::Unavailable));
+        assert_eq!(attempts, 1);
+        // Never sent: retried whatever the method.
+        let (result, attempts) =
+            call(&upstream, &options(false, None), vec![Err(connect_failed()), Ok("created")]).await;
+        assert_eq!((result.ok(), attempts), (Some("created"), 2));
+        // An answer is an answer.
+        let (result, attempts) =
+            call(&upstream, &options(true, None), vec![Err(Status::not_found("no user")), Ok("x")]).await;
+        assert!(matches!(result, Err(CallError::Status(status)) if status.code() == Code::NotFound));
+        assert_eq!(attempts, 1);
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attempts_stop_at_the_limit_and_at_the_deadline() -> Result<(), Box<dyn std::error::Error>> {
+        let upstream = FakeUpstream::new(RetryBudgetConfig::default())?;
+        let down = || Err(Status::unavailable("down"));
+        let (result, attempts) = call(&upstream, &options(true, None), vec![down(), down(), down(), Ok("x")]).await;
+        assert!(matches!(result, Err(CallError::Status(_))));
+        assert_eq!(attempts, 3, "max_attempts is 3");
+
+        // An attempt that never answers ends at the call's deadline: one attempt, then 504.
+        let started = Instant::now();
+        let (result, attempts) = call(&upstream, &options(true, Some(Duration::from_millis(300))), vec![]).await;
+        assert!(matches!(result, Err(CallError::DeadlineExceeded(d)) if d == Duration::from_millis(300)));
+        assert_eq!((attempts, started.elapsed()), (1, Duration::from_millis(300)));
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_budget_stops_retries() -> Result<(), Box<dyn std::error::Error>> {
+        let empty = RetryBudgetConfig { ratio: 0.0, min_retries_per_second: 0, ..RetryBudgetConfig::default() };
+        let upstream = FakeUpstream::new(empty)?;
+        let (result, attempts) = call(&upstream, &options(true, None), vec![Err(connect_failed()), Ok("x")]).await;
+        assert!(matches!(result, Err(CallError::Status(status)) if status.code() == Code::Unavailable));
+        assert_eq!(attempts, 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_stream_rewinds_until_its_first_message_is_taken() {
+        let (sink, messages) = mpsc::channel(4);
+        let replay = RequestReplay::new(messages);
+        let mut first = replay.stream();
+        assert!(!replay.pulled());
+        assert!(replay.rewind());
+        // The retired stream must not take the message meant for the next attempt.
+        sink.send(Ok(Bytes::from_static(b"one"))).await.ok();
+        assert!(matches!(first.next().await, Some(Err(status)) if status.code() == Code::Cancelled));
+        assert!(first.next().await.is_none());
+
+        let mut second = replay.stream();
+        assert_eq!(second.next().await.and_then(Result::ok), Some(Bytes::from_static(b"one")));
+        assert!(replay.pulled());
+        assert!(!replay.rewind());
+        drop(sink);
+        assert!(second.next().await.is_none());
+    }
+
+    #[test]
+    fn classifies_by_code_when_there_is_no_transport_cause() {
+        let cases = [
+            (Status::unavailable("down"), Failure::Unavailable, true),
+            (Status::deadline_exceeded("slow"), Failure::DeadlineExceeded, true),
+            (Status::cancelled(tonic::TimeoutExpired(()).to_string()), Failure::DeadlineExceeded, true),
+            (Status::cancelled("client went away"), Failure::Other, true),
+            (Status::not_found("no user"), Failure::Other, true),
+            (Status::from_error(Box::new(tonic::ConnectError("refused".into()))), Failure::ConnectFailed, false),
+        ];
+        for (status, failure, sent) in cases {
+            assert_eq!(classify(&status), Classified { failure, sent }, "{status:?}");
+        }
+        assert!(!classify(&Status::not_found("x")).counts_against_endpoint());
+        assert!(classify(&Status::unavailable("x")).counts_against_endpoint());
+    }
+}
