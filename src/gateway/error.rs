@@ -192,6 +192,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn retry_after_rounds_up_to_whole_seconds_and_is_never_zero() {
+        for (millis, seconds) in [(0, 1), (1, 1), (600, 1), (1000, 1), (1001, 2), (2500, 3)] {
+            assert_eq!(retry_after_secs(std::time::Duration::from_millis(millis)), seconds, "{millis} ms");
+        }
+    }
+
+    #[test]
     fn the_status_table() {
         let table = [
             (Code::Ok, 200),

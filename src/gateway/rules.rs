@@ -404,3 +404,36 @@ pub fn by_path(a: &Route, b: &Route) -> Ordering {
         .cmp(&b.template.openapi_path())
         .then_with(|| a.http_method.as_str().cmp(b.http_method.as_str()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::DESCRIPTOR_POOL;
+
+    fn idempotent_rpcs(table: &RouteTable) -> Vec<&str> {
+        let mut names: Vec<&str> = table.routes().iter().filter(|r| r.idempotent).map(|r| r.rpc_name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    #[test]
+    fn get_routes_are_idempotent_and_settings_override_per_rpc() -> Result<(), RuleError> {
+        let mut table = RouteTable::from_pool(&DESCRIPTOR_POOL)?;
+        assert_eq!(
+            idempotent_rpcs(&table),
+            ["user.UserService.GetUser", "user.UserService.ListUsers", "user.UserService.WatchUsers"]
+        );
+        table.override_idempotency(
+            &["user.UserService/UpdateUser".to_string()],
+            &["user.UserService.WatchUsers".to_string()],
+        )?;
+        assert_eq!(
+            idempotent_rpcs(&table),
+            ["user.UserService.GetUser", "user.UserService.ListUsers", "user.UserService.UpdateUser"]
+        );
+        let typo = table.override_idempotency(&["user.UserService.GetUsr".to_string()], &[]);
+        assert!(typo.is_err_and(|e| e.to_string().contains("user.UserService.GetUsr")));
+        Ok(())
+    }
+}
