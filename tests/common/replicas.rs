@@ -46,7 +46,10 @@ impl Replica {
         args.extend(FAST_FLAGS);
         args.extend(extra);
         let process = Process::start(&args, "info")?;
-        process.address("user service listening").await?;
+        let listening = process.address("user service listening").await?;
+        if listening != addr {
+            return Err(format!("the replica listens on {listening}, not {addr}").into());
+        }
         Ok(Self { addr, process })
     }
 
