@@ -3,7 +3,10 @@
 //! It starts `portico user-service` and `portico gateway` as separate processes, so that each one's CPU time can
 //! be read from `/proc/<pid>/stat`, seeds users, and then drives four phases of fixed duration with a fixed
 //! number of concurrent workers: REST GET and POST through the gateway, and gRPC GetUser and CreateUser straight
-//! to the UserService. It prints a table and writes the same figures to `target/bench/gateway.json`.
+//! to the UserService. A fifth phase (`--replicas`, 3 by default, 0 skips it) repeats the REST GET load through a
+//! new gateway that balances over that many UserService replicas sharing one database, and reports how evenly
+//! the requests and the CPU spread over them. It prints a table and writes the same figures to
+//! `target/bench/gateway.json`.
 //!
 //! Run it with `scripts/bench.sh` or `cargo bench --bench gateway`. `scripts/bench.sh --help` lists the options,
 //! and each can also be set by a `BENCH_*` environment variable. `PORTICO_*` variables reach both servers, so
@@ -14,8 +17,9 @@
 //! so the figures are noisy.
 
 use std::ffi::OsString;
+use std::future::Future;
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
@@ -27,19 +31,20 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use clap::Parser;
 use futures::{StreamExt as _, TryStreamExt as _};
-use http::{HeaderValue, Method, Request, header};
+use http::{HeaderValue, Method, Request, Uri, header};
 use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use portico::proto::user::user_service_client::UserServiceClient;
 use portico::proto::user::{CreateUserRequest, GetUserRequest};
+use serde::Deserialize;
 use tonic::transport::Channel;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type HttpSender = SendRequest<Full<Bytes>>;
 
-/// Keeps the `listening` lines (target `portico`, in src/main.rs), which the benchmark parses for the ports, and
-/// warnings. It silences the per-request lines of `portico::gateway` and `portico::user_service::layers`:
+/// Keeps the `listening` lines (target `portico`, in src/main.rs, `admin listening` among them), which the
+/// benchmark parses for the ports, and warnings. It silences the per-request lines of `portico::gateway` and `portico::user_service::layers`:
 /// formatting and writing them would otherwise be measured as the servers' own CPU.
 const DEFAULT_LOG_FILTER: &str = "warn,portico=info,portico::gateway=warn,portico::user_service=warn";
 /// The default argon2id cost of the UserService (see src/user_service/password.rs), for the report.
@@ -50,6 +55,11 @@ const PASSWORD: &str = "correct-horse-battery-staple";
 /// A request slower than this counts as an error, so that a hung server cannot stall a phase forever.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Replicas listen on 127.0.0.2, 127.0.0.3, …: Linux routes all of 127.0.0.0/8 to loopback, and this keeps
+/// 127.0.0.1 for the gateways and the admin listener.
+const FIRST_REPLICA_IP: u8 = 2;
+/// Ports to try for one that is free on every replica's address.
+const PORT_ATTEMPTS: usize = 20;
 
 /// Benchmark of the Portico gateway against direct gRPC calls to the UserService.
 #[derive(Debug, Parser)]
@@ -90,6 +100,10 @@ struct Settings {
     #[arg(long, env = "BENCH_LOG_FILTER", default_value = DEFAULT_LOG_FILTER)]
     log_filter: String,
 
+    /// UserService replicas, sharing one database, behind one gateway in the extra REST GET phase; 0 skips it.
+    #[arg(long, env = "BENCH_REPLICAS", default_value_t = 3)]
+    replicas: usize,
+
     /// Passed by `cargo bench` to every benchmark, and not by `cargo test --all-targets`, which then skips it.
     #[arg(long, hide = true)]
     bench: bool,
@@ -103,6 +117,13 @@ impl Settings {
         if self.workers == 0 || self.users == 0 || self.grpc_connections == 0 {
             return Err("--workers, --users and --grpc-connections must be at least 1".into());
         }
+        if self.replicas > usize::from(u8::MAX - FIRST_REPLICA_IP) {
+            return Err(format!(
+                "--replicas must be at most {} (one 127.0.0.x address each)",
+                u8::MAX - FIRST_REPLICA_IP
+            )
+            .into());
+        }
         Ok(())
     }
 }
@@ -113,6 +134,8 @@ enum Phase {
     GrpcGet,
     RestPost,
     GrpcPost,
+    /// REST GET through a gateway in front of `--replicas` UserServices; not in `ALL`, it runs on its own servers.
+    RestGetReplicas,
 }
 
 impl Phase {
@@ -124,6 +147,7 @@ impl Phase {
             Phase::GrpcGet => "gRPC GetUser (direct)",
             Phase::RestPost => "REST POST /v1/users",
             Phase::GrpcPost => "gRPC CreateUser (direct)",
+            Phase::RestGetReplicas => "REST GET, replicas",
         }
     }
 
@@ -133,6 +157,7 @@ impl Phase {
             Phase::GrpcGet => "grpc_get",
             Phase::RestPost => "rest_post",
             Phase::GrpcPost => "grpc_post",
+            Phase::RestGetReplicas => "rest_get_replicas",
         }
     }
 }
@@ -162,27 +187,12 @@ async fn run(settings: Settings) -> Result<(), BoxError> {
 
     // Declared before the servers, so that it is dropped (and deleted) after they have stopped.
     let dir = tempfile::tempdir()?;
-    let db = dir.path().join("bench.db");
-    let mut user_service = Server::start(
-        "user-service",
-        "user service listening",
-        &[
-            "user-service".into(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--db".into(),
-            db.into_os_string(),
-            "--password-hash-memory-kib".into(),
-            settings.hash_memory_kib.to_string().into(),
-            "--password-hash-iterations".into(),
-            settings.hash_iterations.to_string().into(),
-        ],
-        &settings.log_filter,
-    )?;
-    let upstream = format!("http://{}", user_service.addr);
+    let mut user_service =
+        start_user_service("user-service", &settings, "127.0.0.1:0".parse()?, &dir.path().join("bench.db"))?;
+    let upstream = format!("http://{}", user_service.addr());
     let mut gateway = Server::start(
         "gateway",
-        "gateway listening",
+        &["gateway listening"],
         &["gateway".into(), "--listen".into(), "127.0.0.1:0".into(), "--upstream".into(), upstream.clone().into()],
         &settings.log_filter,
     )?;
@@ -193,7 +203,7 @@ async fn run(settings: Settings) -> Result<(), BoxError> {
         channels.push(channel.map_err(|e| format!("cannot connect to the UserService at {upstream}: {e}"))?);
     }
     let ids = seed(&channels, settings.users, settings.workers).await?;
-    wait_until_ready(gateway.addr).await?;
+    wait_until_ready(gateway.addr()).await?;
 
     let cores = thread::available_parallelism().map_or(0, usize::from);
     let password_note = if (settings.hash_memory_kib, settings.hash_iterations) == DEFAULT_HASH_COST {
@@ -221,15 +231,11 @@ async fn run(settings: Settings) -> Result<(), BoxError> {
     println!("  CPU: utime+stime from /proc/<pid>/stat at {ticks_per_sec} ticks/s ({ticks_source})");
     println!("  server log filter: RUST_LOG={}", settings.log_filter);
     println!();
-    println!("{:<26} {:>9} {:>7} {:>9} {:>8} {:>8} | {:>26}", "", "", "", "", "", "", "CPU seconds per 10k req");
-    println!(
-        "{:<26} {:>9} {:>7} {:>9} {:>8} {:>8} | {:>8} {:>8} {:>8}",
-        "phase", "requests", "errors", "req/s", "p50 ms", "p99 ms", "gateway", "usersvc", "loadgen"
-    );
+    print_table_header("usersvc");
 
     let target = Arc::new(Target {
-        gateway: gateway.addr,
-        host: HeaderValue::from_str(&gateway.addr.to_string())?,
+        gateway: gateway.addr(),
+        host: HeaderValue::from_str(&gateway.addr().to_string())?,
         channels,
         ids,
         next_email: AtomicU64::new(0),
@@ -271,6 +277,20 @@ async fn run(settings: Settings) -> Result<(), BoxError> {
         fmt_ratio(client_ratio)
     );
 
+    let users = target.ids.len();
+    // Close the client connections first, so that the servers' graceful drain on SIGTERM has nothing to wait for.
+    drop(target);
+    drop(gateway);
+    drop(user_service);
+    // The replica phase starts its own servers; the ones above are stopped so they take no share of the cores.
+    let replicas = if settings.replicas == 0 {
+        None
+    } else {
+        let result = run_replicas(&settings, dir.path(), ticks_per_sec).await?;
+        result.print();
+        Some(result)
+    };
+
     let report = serde_json::json!({
         "benchmark": "gateway",
         "unix_time": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
@@ -282,16 +302,18 @@ async fn run(settings: Settings) -> Result<(), BoxError> {
             "seconds": settings.seconds,
             "warmup_seconds": settings.warmup_seconds,
             "workers": settings.workers,
-            "users": target.ids.len(),
+            "users": users,
             "grpc_connections": settings.grpc_connections,
             "password_hash": { "algorithm": "argon2id", "memory_kib": settings.hash_memory_kib,
                                "iterations": settings.hash_iterations, "parallelism": 1 },
             "server_log_filter": settings.log_filter,
+            "replicas": settings.replicas,
         },
         "phases": results.iter().map(PhaseResult::to_json).collect::<Vec<_>>(),
         "key_ratio": { "name": "gateway CPU per REST GET / UserService CPU per REST GET", "value": key_ratio,
                        "target_max": TARGET_RATIO, "pass": key_ratio.map(|r| r <= TARGET_RATIO) },
         "gateway_to_direct_grpc_client_cpu_ratio": client_ratio,
+        "rest_get_replicas": replicas.as_ref().map(ReplicaResult::to_json),
     });
     let path = report_path();
     if let Some(parent) = path.parent() {
@@ -299,12 +321,218 @@ async fn run(settings: Settings) -> Result<(), BoxError> {
     }
     std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
     println!("Wrote {}", path.display());
+    Ok(())
+}
 
-    // Close the client connections first, so that the servers' graceful drain on SIGTERM has nothing to wait for.
+/// The table's two header lines; `service` names the UserService column.
+fn print_table_header(service: &str) {
+    println!("{:<26} {:>9} {:>7} {:>9} {:>8} {:>8} | {:>26}", "", "", "", "", "", "", "CPU seconds per 10k req");
+    println!(
+        "{:<26} {:>9} {:>7} {:>9} {:>8} {:>8} | {:>8} {:>8} {:>8}",
+        "phase", "requests", "errors", "req/s", "p50 ms", "p99 ms", "gateway", service, "loadgen"
+    );
+}
+
+/// Starts `portico user-service` on `listen` with the benchmark's password-hashing cost.
+fn start_user_service(name: &str, settings: &Settings, listen: SocketAddr, db: &Path) -> Result<Server, BoxError> {
+    Server::start(
+        name,
+        &["user service listening"],
+        &[
+            "user-service".into(),
+            "--listen".into(),
+            listen.to_string().into(),
+            "--db".into(),
+            db.into(),
+            "--password-hash-memory-kib".into(),
+            settings.hash_memory_kib.to_string().into(),
+            "--password-hash-iterations".into(),
+            settings.hash_iterations.to_string().into(),
+        ],
+        &settings.log_filter,
+    )
+}
+
+/// The REST GET phase again, through a new gateway that balances over `settings.replicas` UserService replicas.
+///
+/// The replicas share a database file of their own, seeded with `--users` users like the first phases' one, and
+/// listen on one port at 127.0.0.2, 127.0.0.3, …, as replicas behind one DNS name would. The gateway's admin view counts
+/// the calls it sent each replica, which gives the spread.
+async fn run_replicas(settings: &Settings, dir: &Path, ticks_per_sec: f64) -> Result<ReplicaResult, BoxError> {
+    let ips = (0..settings.replicas).map(replica_ip).collect::<Result<Vec<_>, _>>()?;
+    let port = shared_port(&ips)?;
+    let addrs: Vec<SocketAddr> = ips.iter().map(|&ip| SocketAddr::new(ip, port)).collect();
+    let db = dir.join("replicas.db");
+    let start = |addr: SocketAddr| start_user_service(&format!("user-service {addr}"), settings, addr, &db);
+
+    // The first replica creates and migrates the database, which the seeding waits for, before the others open
+    // it: replicas migrating one file at once would race.
+    let mut replicas = vec![start(addrs[0])?];
+    let first = format!("http://{}", addrs[0]);
+    let mut channels = Vec::with_capacity(settings.grpc_connections);
+    for _ in 0..settings.grpc_connections {
+        let channel = Channel::from_shared(first.clone())?.connect().await;
+        channels.push(channel.map_err(|e| format!("cannot connect to the UserService replica at {first}: {e}"))?);
+    }
+    let ids = seed(&channels, settings.users, settings.workers).await?;
+    for &addr in &addrs[1..] {
+        replicas.push(start(addr)?);
+    }
+
+    let upstream = addrs.iter().map(|addr| format!("http://{addr}")).collect::<Vec<_>>().join(",");
+    let mut gateway = Server::start(
+        "gateway (replicas)",
+        &["gateway listening", "admin listening"],
+        &[
+            "gateway".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--admin-listen".into(),
+            "127.0.0.1:0".into(),
+            "--upstream".into(),
+            upstream.into(),
+        ],
+        &settings.log_filter,
+    )?;
+    let admin = gateway.addrs[1];
+    wait_until_serving(admin, &addrs).await?;
+
+    let target = Arc::new(Target {
+        gateway: gateway.addr(),
+        host: HeaderValue::from_str(&gateway.addr().to_string())?,
+        // Unused by REST workers, but each worker makes a gRPC client from one.
+        channels,
+        ids,
+        next_email: AtomicU64::new(0),
+    });
+    let mut pids = vec![gateway.pid()];
+    pids.extend(replicas.iter().map(Server::pid));
+    pids.push("self".to_string());
+    for server in replicas.iter_mut().chain([&mut gateway]) {
+        server.ensure_running()?;
+    }
+    let run = drive(Phase::RestGetReplicas, settings, &target, || replica_sample(admin, &addrs, &pids)).await?;
+
+    // As in `run`: the client connections close before the servers drain.
     drop(target);
     drop(gateway);
-    drop(user_service);
-    Ok(())
+    drop(replicas);
+    Ok(ReplicaResult::new(run, addrs, port, ticks_per_sec))
+}
+
+/// 127.0.0.2 for the first replica, 127.0.0.3 for the second, …
+fn replica_ip(index: usize) -> Result<IpAddr, BoxError> {
+    let last = u8::try_from(index).ok().and_then(|i| i.checked_add(FIRST_REPLICA_IP));
+    Ok(Ipv4Addr::new(127, 0, 0, last.ok_or("too many replicas for 127.0.0.x")?).into())
+}
+
+/// A port free on every one of `ips`: the first address's bind picks it, and the others are bind-checked on it.
+fn shared_port(ips: &[IpAddr]) -> Result<u16, BoxError> {
+    let (&first, rest) = ips.split_first().ok_or("no replica addresses")?;
+    for _ in 0..PORT_ATTEMPTS {
+        let picked = std::net::TcpListener::bind((first, 0))
+            .map_err(|e| format!("cannot listen on {first} (replicas need 127.0.0.0/8 on loopback): {e}"))?;
+        let port = picked.local_addr()?.port();
+        // The test listeners close on return. Another process could still take the port before a replica
+        // binds it; that replica's start then fails with `cannot listen`.
+        if rest.iter().all(|&ip| std::net::TcpListener::bind((ip, port)).is_ok()) {
+            return Ok(port);
+        }
+    }
+    Err(format!("no port was free on all of {ips:?} in {PORT_ATTEMPTS} tries").into())
+}
+
+/// Waits until the gateway's admin view lists every replica as serving, so that the balancer can choose among
+/// all of them from the first warm-up request.
+async fn wait_until_serving(admin: SocketAddr, replicas: &[SocketAddr]) -> Result<(), BoxError> {
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    let mut last_state = String::new();
+    while Instant::now() < deadline {
+        match admin_endpoints(admin).await {
+            Ok(endpoints) => {
+                // UNCHECKED: health checks were turned off (PORTICO_UPSTREAM_HEALTH_CHECKS=false).
+                let serving = |addr: &SocketAddr| {
+                    endpoints.iter().any(|(a, e)| a == addr && matches!(e.health.as_str(), "SERVING" | "UNCHECKED"))
+                };
+                if replicas.iter().all(serving) {
+                    return Ok(());
+                }
+                let health: Vec<String> = endpoints.iter().map(|(addr, e)| format!("{addr} {}", e.health)).collect();
+                last_state = format!("endpoints: {}", health.join(", "));
+            }
+            Err(error) => last_state = error.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("the replicas' gateway never saw all of them serving: {last_state}").into())
+}
+
+/// The parts of the admin view (`GET /admin/upstreams`, src/gateway/admin.rs) that the benchmark reads.
+#[derive(Deserialize)]
+struct AdminView {
+    upstreams: Vec<AdminUpstream>,
+}
+
+#[derive(Deserialize)]
+struct AdminUpstream {
+    state: AdminState,
+}
+
+#[derive(Deserialize)]
+struct AdminState {
+    endpoints: Vec<AdminEndpoint>,
+}
+
+#[derive(Deserialize)]
+struct AdminEndpoint {
+    /// `http://127.0.0.2:PORT/`
+    address: String,
+    health: String,
+    /// Calls sent to the endpoint so far, retries included.
+    requests: u64,
+}
+
+/// The gateway's endpoints, with their socket addresses, from its admin view.
+async fn admin_endpoints(admin: SocketAddr) -> Result<Vec<(SocketAddr, AdminEndpoint)>, BoxError> {
+    let host = HeaderValue::from_str(&admin.to_string())?;
+    let body = http_call(admin, &host, &mut None, Method::GET, "/admin/upstreams", None).await?;
+    let view: AdminView = serde_json::from_slice(&body).map_err(|e| format!("unexpected admin view: {e}"))?;
+    let upstream = view.upstreams.into_iter().next().ok_or("the admin view lists no upstream")?;
+    upstream.state.endpoints.into_iter().map(|endpoint| Ok((endpoint_addr(&endpoint.address)?, endpoint))).collect()
+}
+
+/// The socket address in an endpoint address such as `http://127.0.0.2:PORT/`.
+fn endpoint_addr(address: &str) -> Result<SocketAddr, BoxError> {
+    let uri: Uri = address.parse()?;
+    let authority = uri.authority().ok_or_else(|| format!("endpoint address {address} has no host"))?;
+    Ok(authority.as_str().parse()?)
+}
+
+/// What the replica phase reads at both ends of its measurement.
+struct ReplicaSample {
+    /// CPU ticks of the gateway, each replica and the load generator, in that order.
+    cpu: Vec<u64>,
+    /// Calls the gateway has sent each replica.
+    calls: Vec<u64>,
+}
+
+/// One admin view request at each end of the measurement; what it costs the gateway, well under a millisecond
+/// of CPU, is noise next to the load's.
+async fn replica_sample(
+    admin: SocketAddr,
+    replicas: &[SocketAddr],
+    pids: &[String],
+) -> Result<ReplicaSample, BoxError> {
+    let endpoints = admin_endpoints(admin).await?;
+    let calls = replicas
+        .iter()
+        .map(|addr| {
+            let endpoint = endpoints.iter().find(|(a, _)| a == addr).map(|(_, e)| e.requests);
+            endpoint.ok_or_else(|| format!("the admin view lists no endpoint {addr}"))
+        })
+        .collect::<Result<_, _>>()?;
+    let cpu = pids.iter().map(|pid| cpu_ticks(pid)).collect::<Result<_, _>>()?;
+    Ok(ReplicaSample { cpu, calls })
 }
 
 /// What the workers share.
@@ -343,7 +571,7 @@ async fn wait_until_ready(addr: SocketAddr) -> Result<(), BoxError> {
     while Instant::now() < deadline {
         let mut connection = None;
         match http_call(addr, &host, &mut connection, Method::GET, "/readyz", None).await {
-            Ok(()) => return Ok(()),
+            Ok(_) => return Ok(()),
             Err(error) => last_error = error.to_string(),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -385,6 +613,30 @@ async fn run_phase(
     pids: &[String; 3],
     ticks_per_sec: f64,
 ) -> Result<PhaseResult, BoxError> {
+    let run = drive(phase, settings, target, || std::future::ready(cpu_snapshot(pids))).await?;
+    let cpu_ticks = [0, 1, 2].map(|i| run.after[i].saturating_sub(run.before[i]));
+    Ok(PhaseResult::new(phase, run.tally, run.elapsed, cpu_ticks, ticks_per_sec))
+}
+
+/// One run of a phase's workers, with what `sample` saw as the measurement started and after it ended.
+struct Run<S> {
+    tally: Tally,
+    elapsed: Duration,
+    before: S,
+    after: S,
+}
+
+/// Runs `phase`'s workers through warm-up and measurement, calling `sample` (CPU times, counters) right at both
+/// ends of the measurement.
+async fn drive<S, F>(
+    phase: Phase,
+    settings: &Settings,
+    target: &Arc<Target>,
+    mut sample: impl FnMut() -> F,
+) -> Result<Run<S>, BoxError>
+where
+    F: Future<Output = Result<S, BoxError>>,
+{
     let measure_from = Instant::now() + Duration::from_secs_f64(settings.warmup_seconds);
     let deadline = measure_from + Duration::from_secs_f64(settings.seconds);
     // One run of the workers covers warm-up and measurement, so that the measurement reuses the warmed
@@ -393,7 +645,7 @@ async fn run_phase(
         .map(|index| tokio::spawn(worker(phase, index, Arc::clone(target), measure_from, deadline)))
         .collect();
     tokio::time::sleep_until(measure_from.into()).await;
-    let cpu_before = cpu_snapshot(pids)?;
+    let before = sample().await?;
     let started = Instant::now();
     let mut tally = Tally::default();
     for handle in workers {
@@ -401,21 +653,8 @@ async fn run_phase(
     }
     // Requests in flight at the deadline finish and are counted, so the elapsed time runs until the last one.
     let elapsed = started.elapsed();
-    let cpu_after = cpu_snapshot(pids)?;
-    let cpu_ticks = [0, 1, 2].map(|i| cpu_after[i].saturating_sub(cpu_before[i]));
-
-    tally.latencies_us.sort_unstable();
-    Ok(PhaseResult {
-        phase,
-        requests: tally.latencies_us.len() as u64,
-        errors: tally.errors,
-        elapsed,
-        p50_ms: percentile_ms(&tally.latencies_us, 0.50),
-        p99_ms: percentile_ms(&tally.latencies_us, 0.99),
-        cpu_ticks,
-        ticks_per_sec,
-        first_error: tally.first_error,
-    })
+    let after = sample().await?;
+    Ok(Run { tally, elapsed, before, after })
 }
 
 async fn worker(phase: Phase, index: usize, target: Arc<Target>, measure_from: Instant, deadline: Instant) -> Tally {
@@ -457,10 +696,11 @@ async fn one_request(
     rng: &mut fastrand::Rng,
 ) -> Result<(), BoxError> {
     match phase {
-        Phase::RestGet => {
+        Phase::RestGet | Phase::RestGetReplicas => {
             let id = target.ids[rng.usize(..target.ids.len())];
             let path = format!("/v1/users/{id}");
-            http_call(target.gateway, &target.host, http, Method::GET, &path, None).await
+            http_call(target.gateway, &target.host, http, Method::GET, &path, None).await?;
+            Ok(())
         }
         Phase::GrpcGet => {
             let id = target.ids[rng.usize(..target.ids.len())];
@@ -471,7 +711,8 @@ async fn one_request(
             let request = create_request(&format!("bench-{}", target.next_email.fetch_add(1, Ordering::Relaxed)));
             let body =
                 serde_json::json!({ "name": request.name, "email": request.email, "password": request.password });
-            http_call(target.gateway, &target.host, http, Method::POST, "/v1/users", Some(body.to_string())).await
+            http_call(target.gateway, &target.host, http, Method::POST, "/v1/users", Some(body.to_string())).await?;
+            Ok(())
         }
         Phase::GrpcPost => {
             let request = create_request(&format!("bench-{}", target.next_email.fetch_add(1, Ordering::Relaxed)));
@@ -481,8 +722,8 @@ async fn one_request(
     }
 }
 
-/// One HTTP/1.1 request on the connection in `connection`, opened first if there is none. Any non-2xx is an
-/// error. The whole body is read, because the connection can carry the next request only after it.
+/// One HTTP/1.1 request on the connection in `connection`, opened first if there is none, and its body. Any
+/// non-2xx is an error. The whole body is read, because the connection can carry the next request only after it.
 async fn http_call(
     addr: SocketAddr,
     host: &HeaderValue,
@@ -490,7 +731,7 @@ async fn http_call(
     method: Method,
     path: &str,
     body: Option<String>,
-) -> Result<(), BoxError> {
+) -> Result<Bytes, BoxError> {
     let sender = match connection {
         Some(sender) => sender,
         None => connection.insert(connect(addr).await?),
@@ -505,7 +746,7 @@ async fn http_call(
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();
     if status.is_success() {
-        Ok(())
+        Ok(body)
     } else {
         let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
         Err(format!("HTTP {status}: {text}").into())
@@ -553,6 +794,21 @@ struct PhaseResult {
 }
 
 impl PhaseResult {
+    fn new(phase: Phase, mut tally: Tally, elapsed: Duration, cpu_ticks: [u64; 3], ticks_per_sec: f64) -> Self {
+        tally.latencies_us.sort_unstable();
+        PhaseResult {
+            phase,
+            requests: tally.latencies_us.len() as u64,
+            errors: tally.errors,
+            elapsed,
+            p50_ms: percentile_ms(&tally.latencies_us, 0.50),
+            p99_ms: percentile_ms(&tally.latencies_us, 0.99),
+            cpu_ticks,
+            ticks_per_sec,
+            first_error: tally.first_error,
+        }
+    }
+
     fn requests_per_sec(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
@@ -564,10 +820,13 @@ impl PhaseResult {
     }
 
     fn print_row(&self) {
-        let cell = |value: Option<f64>, decimals: usize| value.map_or("-".to_string(), |v| format!("{v:.decimals$}"));
+        self.print_row_as(self.phase.label());
+    }
+
+    fn print_row_as(&self, label: &str) {
         println!(
             "{:<26} {:>9} {:>7} {:>9.0} {:>8} {:>8} | {:>8} {:>8} {:>8}",
-            self.phase.label(),
+            label,
             self.requests,
             self.errors,
             self.requests_per_sec(),
@@ -595,6 +854,153 @@ impl PhaseResult {
                                  "user_service": self.per_10k(Proc::UserService),
                                  "load_generator": self.per_10k(Proc::LoadGenerator) },
             "first_error": self.first_error,
+        })
+    }
+}
+
+/// A table cell: `value` with `decimals` decimals, or `-` when there is none.
+fn cell(value: Option<f64>, decimals: usize) -> String {
+    value.map_or("-".to_string(), |v| format!("{v:.decimals$}"))
+}
+
+/// The replica phase's figures.
+struct ReplicaResult {
+    /// The phase as a table row; its UserService CPU is the replicas' total.
+    summary: PhaseResult,
+    replicas: Vec<ReplicaFigures>,
+    port: u16,
+}
+
+struct ReplicaFigures {
+    addr: SocketAddr,
+    /// Calls the gateway sent it during the measurement, retries included.
+    calls: u64,
+    cpu_ticks: u64,
+}
+
+impl ReplicaResult {
+    fn new(run: Run<ReplicaSample>, addrs: Vec<SocketAddr>, port: u16, ticks_per_sec: f64) -> Self {
+        let delta = |before: &[u64], after: &[u64]| -> Vec<u64> {
+            before.iter().zip(after).map(|(b, a)| a.saturating_sub(*b)).collect()
+        };
+        let calls = delta(&run.before.calls, &run.after.calls);
+        // The gateway's, each replica's and the load generator's, as `replica_sample` reads them.
+        let cpu = delta(&run.before.cpu, &run.after.cpu);
+        let replica_cpu = &cpu[1..=addrs.len()];
+        let cpu_ticks = [cpu[0], replica_cpu.iter().sum(), cpu[addrs.len() + 1]];
+        let replicas = addrs
+            .into_iter()
+            .zip(calls)
+            .zip(replica_cpu)
+            .map(|((addr, calls), &cpu_ticks)| ReplicaFigures { addr, calls, cpu_ticks })
+            .collect();
+        ReplicaResult {
+            summary: PhaseResult::new(Phase::RestGetReplicas, run.tally, run.elapsed, cpu_ticks, ticks_per_sec),
+            replicas,
+            port,
+        }
+    }
+
+    fn total_calls(&self) -> u64 {
+        self.replicas.iter().map(|r| r.calls).sum()
+    }
+
+    /// A replica's share of the calls, in %.
+    fn share_pct(&self, replica: &ReplicaFigures) -> Option<f64> {
+        let total = self.total_calls();
+        (total > 0).then(|| replica.calls as f64 / total as f64 * 100.0)
+    }
+
+    /// The share each replica would have if the balancer spread the calls evenly, in %.
+    fn mean_share_pct(&self) -> f64 {
+        100.0 / self.replicas.len() as f64
+    }
+
+    /// The largest distance of a replica's share from the mean share, in percentage points.
+    fn max_deviation_points(&self) -> Option<f64> {
+        let deviations = self.replicas.iter().map(|r| self.share_pct(r).map(|s| (s - self.mean_share_pct()).abs()));
+        deviations.collect::<Option<Vec<f64>>>()?.into_iter().reduce(f64::max)
+    }
+
+    /// The same, in % of the mean share.
+    fn max_deviation_pct(&self) -> Option<f64> {
+        self.max_deviation_points().map(|points| points / self.mean_share_pct() * 100.0)
+    }
+
+    fn cpu_seconds(&self, replica: &ReplicaFigures) -> f64 {
+        replica.cpu_ticks as f64 / self.summary.ticks_per_sec
+    }
+
+    /// CPU seconds the replica spent per 10,000 calls it received.
+    fn per_10k_calls(&self, replica: &ReplicaFigures) -> Option<f64> {
+        (replica.calls > 0).then(|| self.cpu_seconds(replica) / replica.calls as f64 * 10_000.0)
+    }
+
+    fn print(&self) {
+        let count = self.replicas.len();
+        println!();
+        println!(
+            "REST GET through one gateway over {count} UserService replicas (127.0.0.{}-{}, port {}, one database)",
+            FIRST_REPLICA_IP,
+            usize::from(FIRST_REPLICA_IP) + count - 1,
+            self.port
+        );
+        print_table_header("replicas");
+        self.summary.print_row_as(&format!("REST GET, {count} replicas"));
+        println!();
+        println!("{:<26} {:>9} {:>7} {:>9} {:>12}", "replica", "calls", "share %", "CPU s", "CPU s/10k");
+        for replica in &self.replicas {
+            println!(
+                "{:<26} {:>9} {:>7} {:>9.3} {:>12}",
+                replica.addr.to_string(),
+                replica.calls,
+                cell(self.share_pct(replica), 1),
+                self.cpu_seconds(replica),
+                cell(self.per_10k_calls(replica), 3),
+            );
+        }
+        println!(
+            "Spread: max deviation from the mean share ({:.1} %) = {} % of it ({} points)",
+            self.mean_share_pct(),
+            cell(self.max_deviation_pct(), 1),
+            cell(self.max_deviation_points(), 2)
+        );
+        println!(
+            "  (calls: the admin view's per-endpoint `requests` over the measurement, retries included: {} for {} \
+             REST requests)",
+            self.total_calls(),
+            self.summary.requests
+        );
+        if self.summary.errors > 0 {
+            println!("REST GET, {count} replicas: first error: {}", self.summary.first_error.as_deref().unwrap_or("?"));
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let endpoints: Vec<_> = self
+            .replicas
+            .iter()
+            .map(|replica| {
+                serde_json::json!({
+                    "address": replica.addr.to_string(),
+                    "calls": replica.calls,
+                    "share_pct": self.share_pct(replica),
+                    "cpu_ticks": replica.cpu_ticks,
+                    "cpu_sec": self.cpu_seconds(replica),
+                    "cpu_sec_per_10k_calls": self.per_10k_calls(replica),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "replicas": self.replicas.len(),
+            "note": "one gateway, UserService replicas sharing one database; the phase's user_service CPU is the \
+                     replicas' total, and calls are the admin view's per-endpoint requests (retries included)",
+            "phase": self.summary.to_json(),
+            "calls": self.total_calls(),
+            "mean_share_pct": self.mean_share_pct(),
+            "max_share_deviation_pct_of_mean": self.max_deviation_pct(),
+            "max_share_deviation_points": self.max_deviation_points(),
+            "endpoints": endpoints,
         })
     }
 }
@@ -653,16 +1059,17 @@ fn report_path() -> PathBuf {
     tmp.parent().unwrap_or(tmp).join("bench").join("gateway.json")
 }
 
-/// A running `portico` child process and the address it listens on.
+/// A running `portico` child process and the addresses it listens on.
 struct Server {
     process: ChildGuard,
-    addr: SocketAddr,
+    /// One per marker given to [`Server::start`], in that order.
+    addrs: Vec<SocketAddr>,
 }
 
 impl Server {
-    /// Starts `portico <args>` and waits for its `<marker> addr=…` log line. Its other log lines (warnings,
-    /// with the default filter) are echoed to stderr with the server's name.
-    fn start(name: &'static str, marker: &'static str, args: &[OsString], log_filter: &str) -> Result<Self, BoxError> {
+    /// Starts `portico <args>` and waits for a `<marker> addr=…` log line for each of `markers`. Its other log
+    /// lines (warnings, with the default filter) are echoed to stderr with the server's name.
+    fn start(name: &str, markers: &[&'static str], args: &[OsString], log_filter: &str) -> Result<Self, BoxError> {
         let child = Command::new(env!("CARGO_BIN_EXE_portico"))
             .args(args)
             .env("RUST_LOG", log_filter)
@@ -674,29 +1081,46 @@ impl Server {
             .spawn()
             .map_err(|e| format!("cannot start portico {name}: {e}"))?;
         // Guarded before anything else can fail, so that every early return stops the process.
-        let mut process = ChildGuard { name, child };
+        let mut process = ChildGuard { name: name.to_string(), child };
         let stderr = process.child.stderr.take().ok_or("stderr is piped")?;
         let (addr_tx, addr_rx) = mpsc::channel();
         // Also keeps the pipe drained, so the server never blocks on a full stderr.
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let addr = line.contains(marker).then(|| line.split("addr=").nth(1)).flatten();
-                match addr.and_then(|rest| rest.split_whitespace().next()).and_then(|a| a.parse().ok()) {
-                    Some(addr) => {
-                        let _ = addr_tx.send(addr);
+        thread::spawn({
+            let (name, markers) = (name.to_string(), markers.to_vec());
+            move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let found = markers.iter().position(|marker| line.contains(marker)).and_then(|index| {
+                        let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
+                        Some((index, addr.parse::<SocketAddr>().ok()?))
+                    });
+                    match found {
+                        Some(found) => {
+                            let _ = addr_tx.send(found);
+                        }
+                        None => eprintln!("[{name}] {line}"),
                     }
-                    None => eprintln!("[{name}] {line}"),
                 }
             }
         });
-        match addr_rx.recv_timeout(STARTUP_TIMEOUT) {
-            Ok(addr) => Ok(Server { process, addr }),
-            Err(_) => {
-                let status = process.child.try_wait().ok().flatten();
-                let how = status.map_or("did not".to_string(), |s| format!("exited ({s}) and did not"));
-                Err(format!("portico {name} {how} log `{marker} addr=…` (RUST_LOG={log_filter})").into())
+        let mut addrs: Vec<Option<SocketAddr>> = vec![None; markers.len()];
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        while let Some(missing) = addrs.iter().position(Option::is_none) {
+            match addr_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok((index, addr)) => addrs[index] = Some(addr),
+                Err(_) => {
+                    let status = process.child.try_wait().ok().flatten();
+                    let how = status.map_or("did not".to_string(), |s| format!("exited ({s}) and did not"));
+                    let marker = markers[missing];
+                    return Err(format!("portico {name} {how} log `{marker} addr=…` (RUST_LOG={log_filter})").into());
+                }
             }
         }
+        Ok(Server { process, addrs: addrs.into_iter().flatten().collect() })
+    }
+
+    /// The address of the first marker's line.
+    fn addr(&self) -> SocketAddr {
+        self.addrs[0]
     }
 
     fn pid(&self) -> String {
@@ -714,7 +1138,7 @@ impl Server {
 /// Stops the child on drop, on the error and panic paths too: SIGTERM first, so it drains and exits as it would
 /// in production, then SIGKILL if it is still running after 5 s.
 struct ChildGuard {
-    name: &'static str,
+    name: String,
     child: Child,
 }
 
