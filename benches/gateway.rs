@@ -233,13 +233,7 @@ async fn run(settings: Settings) -> Result<(), BoxError> {
     println!();
     print_table_header("usersvc");
 
-    let target = Arc::new(Target {
-        gateway: gateway.addr(),
-        host: HeaderValue::from_str(&gateway.addr().to_string())?,
-        channels,
-        ids,
-        next_email: AtomicU64::new(0),
-    });
+    let target = Arc::new(Target::new(gateway.addr(), channels, ids)?);
     let pids = [gateway.pid(), user_service.pid(), "self".to_string()];
     let mut results = Vec::with_capacity(Phase::ALL.len());
     for phase in Phase::ALL {
@@ -397,14 +391,8 @@ async fn run_replicas(settings: &Settings, dir: &Path, ticks_per_sec: f64) -> Re
     let admin = gateway.addrs[1];
     wait_until_serving(admin, &addrs).await?;
 
-    let target = Arc::new(Target {
-        gateway: gateway.addr(),
-        host: HeaderValue::from_str(&gateway.addr().to_string())?,
-        // Unused by REST workers, but each worker makes a gRPC client from one.
-        channels,
-        ids,
-        next_email: AtomicU64::new(0),
-    });
+    // The channels are unused by REST workers, but each worker makes a gRPC client from one.
+    let target = Arc::new(Target::new(gateway.addr(), channels, ids)?);
     let mut pids = vec![gateway.pid()];
     pids.extend(replicas.iter().map(Server::pid));
     pids.push("self".to_string());
@@ -543,6 +531,13 @@ struct Target {
     ids: Vec<i64>,
     /// Emails must be unique, so every create takes the next number.
     next_email: AtomicU64,
+}
+
+impl Target {
+    fn new(gateway: SocketAddr, channels: Vec<Channel>, ids: Vec<i64>) -> Result<Self, BoxError> {
+        let host = HeaderValue::from_str(&gateway.to_string())?;
+        Ok(Self { gateway, host, channels, ids, next_email: AtomicU64::new(0) })
+    }
 }
 
 /// Creates `count` users over gRPC, `concurrency` at a time, and returns their ids.

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use common::process::Error;
 use common::replicas::{
-    Gateway, Load, Replica, SharedDb, addresses, create_user, exclusive, out_of_rotation, takes_traffic,
+    Gateway, Load, Replica, SharedDb, addresses, calls_while_out_of_rotation, create_user, exclusive, out_of_rotation,
+    takes_traffic,
 };
 use common::rest;
 
@@ -108,13 +109,8 @@ async fn a_draining_replica_gets_no_new_requests() -> TestResult {
             e.is_some_and(|e| e["health"] == "NOT_SERVING")
         })
         .await?;
-    // Calls already on their way when the gateway learnt of it may still land; give them a moment.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let before = draining.calls("GetUser");
-    load.run_for(1000).await;
-    let report = load.stop().await?;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(draining.calls("GetUser"), before, "the draining replica still got new GETs");
+    let (before, after, report) = calls_while_out_of_rotation(draining, load, 1000).await?;
+    assert_eq!(after, before, "the draining replica still got new GETs");
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     Ok(())
 }

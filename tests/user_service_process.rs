@@ -191,3 +191,57 @@ async fn every_call_is_logged_once_and_passwords_never_are() -> TestResult {
     assert!(logs.iter().any(|line| line.contains("grpc call") && line.contains("duration_ms=")));
     Ok(())
 }
+
+/// Replicas sharing one database file are often started together: the first start's migrations must not race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_started_together_on_a_new_file_all_come_up() -> TestResult {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir()?;
+        let mut config = common::test_config(&dir);
+        config.database_url = format!("sqlite://{}", dir.path().join("shared.db").display());
+        let mut servers = Vec::new();
+        for _ in 0..3 {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            let (config, shutdown) = (config.clone(), tokio_util::sync::CancellationToken::new());
+            let token = shutdown.clone();
+            let handle = tokio::spawn(async move { portico::user_service::serve(&config, listener, token).await });
+            servers.push((addr, shutdown, handle));
+        }
+        for index in 0..servers.len() {
+            let addr = servers[index].0;
+            let mut client = None;
+            for _ in 0..100 {
+                if servers[index].2.is_finished() {
+                    break;
+                }
+                if let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await
+                {
+                    client = Some(UserServiceClient::new(channel));
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let request = portico::proto::user::ListUsersRequest { page_size: 1, ..Default::default() };
+            let listed = match client {
+                Some(mut client) => client.list_users(request).await.map(drop).map_err(|e| e.to_string()),
+                None => Err("no connection".to_string()),
+            };
+            if let Err(error) = listed {
+                // The server's own error says why (it is what a failed start logs).
+                let (.., handle) = servers.swap_remove(index);
+                let server = if handle.is_finished() {
+                    format!("its server ended with {:?}", handle.await?)
+                } else {
+                    "its server is still running".to_string()
+                };
+                return Err(format!("the replica on {addr} is not serving ({error}); {server}").into());
+            }
+        }
+        for (_, shutdown, handle) in servers {
+            shutdown.cancel();
+            handle.await??;
+        }
+    }
+    Ok(())
+}

@@ -8,15 +8,16 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use http::{HeaderValue, Method, Uri, header};
+use http::{Method, StatusCode, Uri};
 
 use crate::gateway::error::GatewayError;
+use crate::gateway::{json_response, operational_method_not_allowed};
 use crate::upstream::Upstream;
 
 /// The admin router.
 pub fn router(upstream: Upstream) -> Router {
     Router::new()
-        .route("/admin/upstreams", get(upstreams).fallback(method_not_allowed))
+        .route("/admin/upstreams", get(upstreams).fallback(operational_method_not_allowed))
         .fallback(not_found)
         .with_state(upstream)
 }
@@ -24,13 +25,7 @@ pub fn router(upstream: Upstream) -> Router {
 async fn upstreams(State(upstream): State<Upstream>) -> Response {
     // One upstream today; a list, so that several named upstreams fit without changing the shape.
     let body = serde_json::json!({ "upstreams": [ { "name": "default", "state": upstream.snapshot() } ] });
-    let mut response = serde_json::to_vec_pretty(&body).unwrap_or_default().into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
-
-async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    GatewayError::MethodNotAllowed { method, path: uri.path().to_string(), allow: vec![Method::GET] }.into_response()
+    json_response(StatusCode::OK, body)
 }
 
 async fn not_found(method: Method, uri: Uri) -> Response {

@@ -65,7 +65,7 @@ async fn unary(
     let message = request_message(state, route, path, &parts, body).await?;
     let timeout = metadata::deadline(metadata::client_timeout(&parts.headers)?, state.config.default_timeout);
     let options = call_options(route, &parts, timeout, started)?;
-    let response = state.upstream.unary(&route.grpc_path, &route.rpc.output(), &options, encode(&message)).await?;
+    let response = state.upstream.unary(&route.grpc, &options, encode(&message)).await?;
     json_response(route, response)
 }
 
@@ -119,8 +119,7 @@ async fn server_streaming(
     // The deadline counts from the request's arrival, not from the moment the stream starts.
     let expires_at = timeout.map(|d| started + d);
     let options = call_options(route, &parts, timeout, started)?;
-    let (response, lease) =
-        state.upstream.server_streaming(&route.grpc_path, &route.rpc.output(), &options, encode(&message)).await?;
+    let (response, lease) = state.upstream.server_streaming(&route.grpc, &options, encode(&message)).await?;
     let upstream = response.into_inner();
 
     let wants_sse = parts
@@ -185,8 +184,7 @@ async fn client_streaming(
     };
 
     let (sink, messages) = mpsc::channel(16);
-    let output = route.rpc.output();
-    let call = state.upstream.client_streaming(&route.grpc_path, &output, &options, messages);
+    let call = state.upstream.client_streaming(&route.grpc, &options, messages);
     let feed = stream::feed_request_stream(body, route.rpc.input(), limits, sink);
     tokio::pin!(call, feed);
     // Both run together, so each message goes upstream as it arrives. A body error wins over the call's

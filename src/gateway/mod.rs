@@ -222,7 +222,7 @@ fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, GatewayStartError
 }
 
 /// Operational endpoints answer other methods like API routes do: 405 with `Allow` and a Status body.
-async fn operational_method_not_allowed(method: http::Method, uri: http::Uri) -> Response {
+pub(crate) async fn operational_method_not_allowed(method: http::Method, uri: http::Uri) -> Response {
     GatewayError::MethodNotAllowed { method, path: uri.path().to_string(), allow: vec![http::Method::GET] }
         .into_response()
 }
@@ -246,7 +246,7 @@ async fn readyz(State(state): State<Arc<GatewayState>>) -> Response {
     json_response(code, serde_json::json!({ "status": status, "upstreams": upstreams }))
 }
 
-fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
     let mut response = (status, body.to_string()).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response

@@ -11,6 +11,7 @@ use http::uri::PathAndQuery;
 use prost_reflect::{DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MethodDescriptor, Value};
 
 use crate::gateway::template::{PathMatch, PathTemplate, TemplateError};
+use crate::upstream::GrpcMethod;
 
 /// Where the HTTP request body goes.
 #[derive(Debug, Clone)]
@@ -63,8 +64,8 @@ pub struct Route {
     pub body: BodyRule,
     pub response_body: ResponseBody,
     pub rpc: MethodDescriptor,
-    /// `/package.Service/Method`, the gRPC request path.
-    pub grpc_path: PathAndQuery,
+    /// The upstream RPC: its gRPC path and response type.
+    pub grpc: GrpcMethod,
     pub kind: CallKind,
     pub sse: SseOptions,
     /// Whether a call that reached a server may be retried: GET (and HEAD) routes, RPCs marked
@@ -344,7 +345,7 @@ fn route(rpc: &MethodDescriptor, rule: &DynamicMessage, kind: CallKind, sse: Sse
         body,
         response_body,
         rpc: rpc.clone(),
-        grpc_path,
+        grpc: GrpcMethod { path: grpc_path, response: rpc.output() },
         kind,
         sse,
         idempotent,

@@ -27,9 +27,24 @@ use tonic::transport::{Channel, Uri};
 use tonic::{Code, Extensions, Status};
 
 use crate::upstream::balancer::NoEndpoint;
+use crate::upstream::codec::DynamicCodec;
 use crate::upstream::endpoint::Lease;
 use crate::upstream::limit::Overloaded;
 use crate::upstream::retry::{Decision, FailedAttempt, Failure};
+
+/// The RPC a call invokes: its gRPC path and its response type. Built once per route, not per request.
+#[derive(Debug, Clone)]
+pub struct GrpcMethod {
+    /// `/package.Service/Method`.
+    pub path: http::uri::PathAndQuery,
+    pub response: prost_reflect::MessageDescriptor,
+}
+
+impl GrpcMethod {
+    pub fn codec(&self) -> DynamicCodec {
+        DynamicCodec::new(self.response.clone())
+    }
+}
 
 /// What the caller knows about a call.
 #[derive(Debug, Clone)]

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use prost_reflect::{DynamicMessage, MessageDescriptor};
+use prost_reflect::DynamicMessage;
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
@@ -16,11 +16,10 @@ use tonic::codec::Streaming;
 use tonic::transport::Uri;
 
 use crate::upstream::balancer::{Balancer, NoEndpoint};
-use crate::upstream::call::{self, Attempts, CallError, CallOptions, RequestReplay};
-use crate::upstream::codec::DynamicCodec;
+use crate::upstream::call::{self, Attempts, CallError, CallOptions, GrpcMethod, RequestReplay};
 use crate::upstream::discovery::{self, MIN_RERESOLVE_INTERVAL, Target, TargetError};
 use crate::upstream::dns::DnsResolver;
-use crate::upstream::endpoint::{EndpointSnapshot, Lease};
+use crate::upstream::endpoint::{EndpointSnapshot, Lease, unix_secs};
 use crate::upstream::health;
 use crate::upstream::limit::{ConcurrencyLimit, LimitSnapshot, Overloaded, Slot};
 use crate::upstream::retry::{Decision, FailedAttempt, RetryBudget};
@@ -48,6 +47,18 @@ struct Inner {
     _stop_tasks: DropGuard,
 }
 
+/// A dynamic target's task: what it re-reads.
+enum Follow {
+    Dns {
+        host: String,
+        port: u16,
+        // Boxed: a resolver is far larger than the file variant.
+        resolver: Box<DnsResolver>,
+    },
+    /// `contents` is what start-up read, so the task applies only later changes.
+    File { path: std::path::PathBuf, contents: Vec<u8> },
+}
+
 /// One target and what it resolved to last.
 struct Source {
     target: Target,
@@ -60,6 +71,12 @@ struct SourceState {
     resolved: bool,
     last_update: Option<SystemTime>,
     last_error: Option<String>,
+}
+
+impl SourceState {
+    fn resolved(addresses: Vec<Uri>) -> Self {
+        Self { addresses, resolved: true, last_update: Some(SystemTime::now()), last_error: None }
+    }
 }
 
 impl Upstream {
@@ -76,30 +93,27 @@ impl Upstream {
         }
         config.validate()?;
         let mut sources = Vec::new();
-        let mut file_contents = Vec::new();
-        for text in targets {
+        // What each dynamic target's task follows, by the target's index.
+        let mut followers = Vec::new();
+        for (index, text) in targets.iter().enumerate() {
             let target = Target::parse(text.trim())?;
-            let mut state = SourceState::default();
-            let mut contents = None;
-            match &target {
-                Target::Static(uri) => state.addresses = vec![uri.clone()],
+            let state = match &target {
+                Target::Static(uri) => SourceState::resolved(vec![uri.clone()]),
                 Target::File(path) => {
-                    let (bytes, addresses) = discovery::read_file(path)?;
-                    state.addresses = addresses;
-                    contents = Some(bytes);
+                    let (contents, addresses) = discovery::read_file(path)?;
+                    followers.push((index, Follow::File { path: path.clone(), contents }));
+                    SourceState::resolved(addresses)
                 }
-                Target::Dns { .. } => {}
-            }
-            file_contents.push(contents);
-            state.resolved = !matches!(target, Target::Dns { .. });
-            state.last_update = state.resolved.then(SystemTime::now);
+                Target::Dns { host, port } => {
+                    let resolver = DnsResolver::new(config.discovery.dns_server, config.discovery.dns_timeout)?;
+                    followers
+                        .push((index, Follow::Dns { host: host.clone(), port: *port, resolver: Box::new(resolver) }));
+                    // Resolved in the background; calls wait for the first answer.
+                    SourceState::default()
+                }
+            };
             sources.push(Source { target, state: Mutex::new(state) });
         }
-        let resolver = if sources.iter().any(|s| matches!(s.target, Target::Dns { .. })) {
-            Some(DnsResolver::new(config.discovery.dns_server, config.discovery.dns_timeout)?)
-        } else {
-            None
-        };
         let cancel = cancel.child_token();
         let inner = Arc::new(Inner {
             balancer: Balancer::new(config.pool.clone(), config.breaker.clone()),
@@ -114,18 +128,15 @@ impl Upstream {
             config,
         });
         inner.apply_sources();
-        for ((index, source), contents) in inner.sources.iter().enumerate().zip(file_contents) {
+        for (index, follow) in followers {
             let weak = Arc::downgrade(&inner);
-            match &source.target {
-                Target::Static(_) => {}
-                Target::Dns { host, port } => {
-                    let resolver = resolver.clone().ok_or(UpstreamError::NoTargets)?;
-                    let task = follow_dns(weak, index, host.clone(), *port, resolver);
-                    tokio::spawn(inner.cancel.clone().run_until_cancelled_owned(task));
+            let cancel = inner.cancel.clone();
+            match follow {
+                Follow::Dns { host, port, resolver } => {
+                    tokio::spawn(cancel.run_until_cancelled_owned(follow_dns(weak, index, host, port, *resolver)));
                 }
-                Target::File(path) => {
-                    let task = follow_file(weak, index, path.clone(), contents.unwrap_or_default());
-                    tokio::spawn(inner.cancel.clone().run_until_cancelled_owned(task));
+                Follow::File { path, contents } => {
+                    tokio::spawn(cancel.run_until_cancelled_owned(follow_file(weak, index, path, contents)));
                 }
             }
         }
@@ -139,14 +150,13 @@ impl Upstream {
     /// The last attempt's status, the deadline, no usable endpoint, or a full bulkhead.
     pub async fn unary(
         &self,
-        path: &http::uri::PathAndQuery,
-        response: &MessageDescriptor,
+        method: &GrpcMethod,
         options: &CallOptions,
         message: Bytes,
     ) -> Result<tonic::Response<DynamicMessage>, CallError> {
         let (response, _lease) = call::with_retries(&*self.inner, options, None, |mut grpc, metadata, time_left| {
             let request = call::request(metadata, Ok(message.clone()), time_left);
-            let (path, codec) = (path.clone(), DynamicCodec::new(response.clone()));
+            let (path, codec) = (method.path.clone(), method.codec());
             async move { grpc.unary(request, path, codec).await }
         })
         .await?;
@@ -162,14 +172,13 @@ impl Upstream {
     /// As for [`Self::unary`].
     pub async fn server_streaming(
         &self,
-        path: &http::uri::PathAndQuery,
-        response: &MessageDescriptor,
+        method: &GrpcMethod,
         options: &CallOptions,
         message: Bytes,
     ) -> Result<(tonic::Response<Streaming<DynamicMessage>>, Lease), CallError> {
         call::with_retries(&*self.inner, options, None, |mut grpc, metadata, time_left| {
             let request = call::request(metadata, Ok(message.clone()), time_left);
-            let (path, codec) = (path.clone(), DynamicCodec::new(response.clone()));
+            let (path, codec) = (method.path.clone(), method.codec());
             async move { grpc.server_streaming(request, path, codec).await }
         })
         .await
@@ -183,8 +192,7 @@ impl Upstream {
     /// As for [`Self::unary`].
     pub async fn client_streaming(
         &self,
-        path: &http::uri::PathAndQuery,
-        response: &MessageDescriptor,
+        method: &GrpcMethod,
         options: &CallOptions,
         messages: mpsc::Receiver<Result<Bytes, Status>>,
     ) -> Result<tonic::Response<DynamicMessage>, CallError> {
@@ -192,7 +200,7 @@ impl Upstream {
         let (response, _lease) =
             call::with_retries(&*self.inner, options, Some(&replay), |mut grpc, metadata, time_left| {
                 let request = call::request(metadata, replay.stream(), time_left);
-                let (path, codec) = (path.clone(), DynamicCodec::new(response.clone()));
+                let (path, codec) = (method.path.clone(), method.codec());
                 async move { grpc.client_streaming(request, path, codec).await }
             })
             .await?;
@@ -374,10 +382,6 @@ async fn follow_file(inner: Weak<Inner>, index: usize, path: std::path::PathBuf,
         }
         last = seen;
     }
-}
-
-fn unix_secs(time: SystemTime) -> f64 {
-    time.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The upstream as the admin view shows it.

@@ -143,7 +143,7 @@ impl Endpoint {
 
     /// Remembers an error for the admin view (health check errors included).
     pub fn record_error(&self, error: &str) {
-        let at_unix_secs = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        let at_unix_secs = unix_secs(SystemTime::now());
         let mut errors = self.recent_errors.lock().unwrap_or_else(PoisonError::into_inner);
         if errors.len() == RECENT_ERRORS {
             errors.pop_front();
@@ -181,6 +181,11 @@ impl Endpoint {
             BreakerState::Closed | BreakerState::HalfOpen => None,
         }
     }
+}
+
+/// Seconds since the Unix epoch, as the admin view shows times.
+pub fn unix_secs(time: SystemTime) -> f64 {
+    time.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// An endpoint as the admin view shows it.

@@ -39,6 +39,8 @@ pub type Slot = OwnedSemaphorePermit;
 
 pub struct ConcurrencyLimit {
     permits: Arc<Semaphore>,
+    /// `config.max_in_flight` as the semaphore can hold it.
+    slots: usize,
     queued: AtomicUsize,
     config: LimitConfig,
 }
@@ -54,8 +56,8 @@ pub struct LimitSnapshot {
 
 impl ConcurrencyLimit {
     pub fn new(config: LimitConfig) -> Self {
-        let max = config.max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
-        Self { permits: Arc::new(Semaphore::new(max)), queued: AtomicUsize::new(0), config }
+        let slots = config.max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
+        Self { permits: Arc::new(Semaphore::new(slots)), slots, queued: AtomicUsize::new(0), config }
     }
 
     /// A slot for one call, waiting in the queue if all are taken: for at most `max_queue_wait`, and never
@@ -87,9 +89,8 @@ impl ConcurrencyLimit {
     }
 
     pub fn snapshot(&self) -> LimitSnapshot {
-        let max = self.config.max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
         LimitSnapshot {
-            in_flight: max - self.permits.available_permits(),
+            in_flight: self.slots - self.permits.available_permits(),
             queued: self.queued.load(Ordering::Relaxed),
             max_in_flight: self.config.max_in_flight,
             max_queue: self.config.max_queue,

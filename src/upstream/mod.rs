@@ -21,7 +21,7 @@ pub mod limit;
 pub mod pool;
 pub mod retry;
 
-pub use call::{CallError, CallOptions};
+pub use call::{CallError, CallOptions, GrpcMethod};
 pub use cluster::{Upstream, UpstreamSnapshot};
 pub use codec::DynamicCodec;
 pub use endpoint::Lease;

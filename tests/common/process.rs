@@ -68,8 +68,13 @@ impl Process {
     }
 
     pub fn terminate(&self) -> Result<(), Error> {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
-        if status.success() { Ok(()) } else { Err("kill -TERM failed".into()) }
+        self.signal("-TERM")
+    }
+
+    /// Sends `signal` (e.g. "-STOP") with kill(1).
+    pub fn signal(&self, signal: &str) -> Result<(), Error> {
+        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status()?;
+        if status.success() { Ok(()) } else { Err(format!("kill {signal} failed").into()) }
     }
 
     /// Waits for the process to exit within `limit`. Async, so the test's own connections keep running and

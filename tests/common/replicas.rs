@@ -60,9 +60,7 @@ impl Replica {
     }
 
     pub fn signal(&self, signal: &str) -> Result<(), Error> {
-        let status =
-            std::process::Command::new("kill").args([signal, &self.process.child.id().to_string()]).status()?;
-        if status.success() { Ok(()) } else { Err(format!("kill {signal} failed").into()) }
+        self.process.signal(signal)
     }
 }
 
@@ -211,6 +209,24 @@ impl Load {
         }
         Ok(total)
     }
+}
+
+/// Lets calls already in flight to `replica` land, then keeps `load` running for `more` requests and stops it.
+/// Returns `replica`'s GetUser calls before and after, and what the load saw: equal counts mean the replica
+/// got no new call while it was out of rotation.
+pub async fn calls_while_out_of_rotation(
+    replica: &Replica,
+    load: Load,
+    more: u64,
+) -> Result<(usize, usize, LoadReport), Error> {
+    // Calls already on their way when the gateway learnt of the change may still land; give them a moment.
+    let settle = Duration::from_millis(200);
+    tokio::time::sleep(settle).await;
+    let before = replica.calls("GetUser");
+    load.run_for(more).await;
+    let report = load.stop().await?;
+    tokio::time::sleep(settle).await;
+    Ok((before, replica.calls("GetUser"), report))
 }
 
 /// A temporary directory with the replicas' shared database file.

@@ -35,6 +35,23 @@ pub struct SqliteStore {
     change_log_window: i64,
 }
 
+/// The single writer connection. Opening it sets up the file (WAL mode), and a replica doing so while another
+/// is still creating the same file can fail at once with "database is locked" (SQLITE_BUSY), busy timeout or
+/// not; seen with three replicas started together. That case is retried until the busy timeout.
+async fn connect_writer(options: SqliteConnectOptions) -> Result<SqlitePool, sqlx::Error> {
+    let started = std::time::Instant::now();
+    loop {
+        match SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await {
+            Err(sqlx::Error::Database(error))
+                if error.code().as_deref() == Some("5") && started.elapsed() < BUSY_TIMEOUT =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            connected => return connected,
+        }
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if missing) the database at `url` and applies pending migrations.
     ///
@@ -57,12 +74,20 @@ impl SqliteStore {
             // FULL: in WAL mode, NORMAL may lose the last commits on power loss, and a commit the client was
             // told about must survive. The cost is one fsync of the WAL per commit.
             let file = base.journal_mode(SqliteJournalMode::Wal).synchronous(SqliteSynchronous::Full);
-            let writer = SqlitePoolOptions::new().max_connections(1).connect_with(file.clone()).await?;
+            let writer = connect_writer(file.clone()).await?;
             let reader =
                 SqlitePoolOptions::new().max_connections(READ_CONNECTIONS).connect_with(file.read_only(true)).await?;
             (writer, reader)
         };
-        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        // Replicas sharing a file often start together. The migrations run inside one write transaction
+        // (BEGIN IMMEDIATE takes SQLite's write lock; sqlx nests each migration as a savepoint), so a second
+        // process waits out the first and then finds them applied, instead of racing it to create the tables.
+        let mut migrating = writer.begin_with("BEGIN IMMEDIATE").await?;
+        // `run_direct` is `Migrator::run` on a connection: `run(&mut *migrating)` would need `Acquire` for every
+        // lifetime of the borrow, which sqlx cannot give inside a spawned task (sqlx keeps `run_direct` public,
+        // though hidden from its docs, for exactly this).
+        sqlx::migrate!("./migrations/sqlite").run_direct(None, &mut *migrating, false).await?;
+        migrating.commit().await?;
         Ok(Self { writer, reader, change_log_window: i64::from(change_log_window.max(1)) })
     }
 
