@@ -6,7 +6,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use std::path::PathBuf;
+
 use crate::gateway::GatewayConfig;
+use crate::gateway::catalog::DescriptorSources;
+use crate::gateway::clusters::ServiceUpstream;
+use crate::gateway::rules::RouteOptions;
 use crate::gateway::transcode::{TranscodeOptions, UnknownQueryParams};
 use crate::telemetry::LogFormat;
 use crate::upstream::breaker::BreakerConfig;
@@ -92,8 +97,74 @@ pub struct GatewayArgs {
     #[arg(long, env = "PORTICO_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// One service's calls go to upstream targets of their own: package.Service=TARGETS (targets as for
+    /// --upstream, comma-separated). Repeatable; in the environment, entries are separated by ';'.
+    #[arg(long, env = "PORTICO_SERVICE_UPSTREAM", value_delimiter = ';')]
+    pub service_upstream: Vec<ServiceUpstream>,
+
+    /// Binary FileDescriptorSet(s) to serve (protoc --include_imports --descriptor_set_out, buf build -o);
+    /// repeatable or comma-separated. Watched: a change reloads them.
+    #[arg(long, env = "PORTICO_DESCRIPTOR_SET", value_delimiter = ',')]
+    pub descriptor_set: Vec<PathBuf>,
+
+    /// .proto file(s) to compile and serve (no protoc needed); repeatable or comma-separated. Watched.
+    #[arg(long, env = "PORTICO_PROTO", value_delimiter = ',')]
+    pub proto: Vec<PathBuf>,
+
+    /// Include path(s) for --proto imports; google/api and the well-known types are built in.
+    #[arg(long, env = "PORTICO_PROTO_PATH", value_delimiter = ',')]
+    pub proto_path: Vec<PathBuf>,
+
+    /// Read the descriptors from each upstream cluster's gRPC server reflection (v1, else v1alpha).
+    #[arg(long, env = "PORTICO_REFLECTION")]
+    pub reflection: bool,
+
+    /// How often reflection is read again (also whenever a cluster's endpoints change).
+    #[arg(long, env = "PORTICO_REFLECTION_REFRESH", default_value = "60s", value_parser = parse_duration)]
+    pub reflection_refresh: Duration,
+
+    /// Serve only these services (package.Service), comma-separated; all annotated services when unset.
+    #[arg(long, env = "PORTICO_SERVICES", value_delimiter = ',')]
+    pub services: Vec<String>,
+
+    /// Serve services without google.api.http rules at POST /package.Service/Method, the whole request
+    /// message as the JSON body (unary and server-streaming methods).
+    #[arg(long, env = "PORTICO_AUTO_ROUTES")]
+    pub auto_routes: bool,
+
     #[command(flatten)]
     pub gateway: GatewayOptions,
+}
+
+impl GatewayArgs {
+    /// The gateway config of `portico gateway`.
+    ///
+    /// # Errors
+    ///
+    /// The first setting that cannot work, named by its flag.
+    pub fn config(&self) -> Result<GatewayConfig, ConfigError> {
+        let mut config = self.gateway.config(self.upstream.clone(), self.drain_timeout)?;
+        if self.reflection_refresh.is_zero() {
+            return Err(ConfigError { flag: "reflection-refresh", reason: "must be longer than 0".into() });
+        }
+        if !self.proto_path.is_empty() && self.proto.is_empty() {
+            return Err(ConfigError { flag: "proto-path", reason: "is only used with --proto".into() });
+        }
+        config.service_upstreams.clone_from(&self.service_upstream);
+        config.descriptors = DescriptorSources {
+            descriptor_sets: self.descriptor_set.clone(),
+            protos: self.proto.clone(),
+            proto_paths: self.proto_path.clone(),
+            reflection: self.reflection,
+            reflection_refresh: self.reflection_refresh,
+            reflection_timeout: self.gateway.upstream_connect_timeout,
+        };
+        config.routes = RouteOptions {
+            services: self.services.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+            auto_routes: self.auto_routes,
+        };
+        Ok(config)
+    }
 }
 
 /// Gateway settings shared by `serve` and `gateway`.
@@ -279,6 +350,9 @@ impl GatewayOptions {
         let config = GatewayConfig {
             upstreams,
             upstream,
+            descriptors: DescriptorSources::default(),
+            routes: RouteOptions::default(),
+            service_upstreams: Vec::new(),
             idempotent_rpcs: self.idempotent_rpcs.clone(),
             non_idempotent_rpcs: self.non_idempotent_rpcs.clone(),
             max_body_bytes: self.max_body_bytes,

@@ -52,12 +52,13 @@ async fn run_user_service(args: UserServiceArgs, shutdown: CancellationToken) ->
 }
 
 async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> Result<(), BoxError> {
-    let config = args.gateway.config(args.upstream, args.drain_timeout)?;
+    let config = args.config()?;
     let listener = bind(args.listen).await?;
-    let routers = gateway::routers(&DESCRIPTOR_POOL, config.clone(), shutdown.clone())?;
-    serve_admin(args.gateway.admin_listen, routers.admin, &shutdown).await?;
+    let started = gateway::start(&DESCRIPTOR_POOL, config.clone(), shutdown.clone()).await?;
+    gateway::catalog::reload::reload_on_sighup(&started.catalog, &shutdown);
+    serve_admin(args.gateway.admin_listen, started.admin, &shutdown).await?;
     tracing::info!(addr = %listener.local_addr()?, upstreams = ?config.upstreams, "gateway listening");
-    gateway::serve(listener, routers.public, &config, shutdown).await;
+    gateway::serve(listener, started.public, &config, shutdown).await;
     tracing::info!("gateway stopped");
     Ok(())
 }
@@ -70,8 +71,8 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<(), BoxEr
     let upstream = format!("http://{}", loopback_for(grpc_addr));
     let gateway_config = args.gateway.config(vec![upstream], user_config.drain_timeout)?;
     let http_listener = bind(args.listen).await?;
-    let routers = gateway::routers(&DESCRIPTOR_POOL, gateway_config.clone(), shutdown.clone())?;
-    serve_admin(args.gateway.admin_listen, routers.admin, &shutdown).await?;
+    let started = gateway::start(&DESCRIPTOR_POOL, gateway_config.clone(), shutdown.clone()).await?;
+    serve_admin(args.gateway.admin_listen, started.admin, &shutdown).await?;
     tracing::info!(addr = %grpc_addr, db = %user_config.database_url, "user service listening");
     tracing::info!(addr = %http_listener.local_addr()?, "gateway listening");
 
@@ -79,7 +80,7 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<(), BoxEr
         let shutdown = shutdown.clone();
         async move { user_service::serve(&user_config, grpc_listener, shutdown).await }
     });
-    gateway::serve(http_listener, routers.public, &gateway_config, shutdown.clone()).await;
+    gateway::serve(http_listener, started.public, &gateway_config, shutdown.clone()).await;
     // The gateway has drained; the UserService drains its own calls (watches end at once).
     user_service.await??;
     tracing::info!("stopped");

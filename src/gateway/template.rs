@@ -83,6 +83,13 @@ pub struct Variable {
 }
 
 impl Variable {
+    /// The variable's name in an OpenAPI path: the field path joined with `_` (`user.id` → `user_id`). A dot
+    /// is legal in OpenAPI but breaks the URI templating of tools such as schemathesis; the URL template the
+    /// gateway matches is the same either way.
+    pub fn openapi_name(&self) -> String {
+        self.field_path.join("_")
+    }
+
     /// True when the pattern has more than one segment or a `**`, so the value may contain `/` (and keeps
     /// `%2F` encoded).
     pub fn is_multi_segment(&self) -> bool {
@@ -252,7 +259,7 @@ impl PathTemplate {
             out.push('/');
             if let Some(variable) = variables.next_if(|variable| variable.segments.start == index) {
                 out.push('{');
-                out.push_str(&variable.field_path.join("."));
+                out.push_str(&variable.openapi_name());
                 out.push('}');
                 index = variable.segments.end;
                 continue;
@@ -679,9 +686,9 @@ mod tests {
             ("/v1/{name=**}", &[("name", true)], None, "/v1/{name}"),
             ("/v1/{name=shelves/**}", &[("name", true)], None, "/v1/{name}"),
             ("/v1/{name=shelves}", &[("name", false)], None, "/v1/{name}"),
-            ("/v1/users/{user.id}", &[("user.id", false)], None, "/v1/users/{user.id}"),
-            ("/v1/{a.b.c}", &[("a.b.c", false)], None, "/v1/{a.b.c}"),
-            ("/_x9/{_a.b_1.C2}", &[("_a.b_1.C2", false)], None, "/_x9/{_a.b_1.C2}"),
+            ("/v1/users/{user.id}", &[("user.id", false)], None, "/v1/users/{user_id}"),
+            ("/v1/{a.b.c}", &[("a.b.c", false)], None, "/v1/{a_b_c}"),
+            ("/_x9/{_a.b_1.C2}", &[("_a.b_1.C2", false)], None, "/_x9/{_a_b_1_C2}"),
             ("/v1/users:watch", &[], Some("watch"), "/v1/users:watch"),
             ("/v1/users:batchCreate", &[], Some("batchCreate"), "/v1/users:batchCreate"),
             ("/v1/{name=projects/*}:cancel", &[("name", true)], Some("cancel"), "/v1/{name}:cancel"),
@@ -698,7 +705,7 @@ mod tests {
                 "/v1/{parent=projects/*}/topics/{topic.name=*/**}",
                 &[("parent", true), ("topic.name", true)],
                 None,
-                "/v1/{parent}/topics/{topic.name}",
+                "/v1/{parent}/topics/{topic_name}",
             ),
             ("/v1/*/x", &[], None, "/v1/{__wildcard_1}/x"),
             ("/v1/*/x/**", &[], None, "/v1/{__wildcard_1}/x/{__wildcard_2}"),

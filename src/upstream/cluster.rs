@@ -43,6 +43,8 @@ struct Inner {
     unhealthy: Arc<Notify>,
     /// True once every target has been resolved once (or failed to be).
     discovered: watch::Sender<bool>,
+    /// Bumped whenever endpoints are added or removed.
+    endpoint_set: watch::Sender<u64>,
     cancel: CancellationToken,
     _stop_tasks: DropGuard,
 }
@@ -122,6 +124,7 @@ impl Upstream {
             health_checks: Mutex::new(HashMap::new()),
             unhealthy: Arc::new(Notify::new()),
             discovered: watch::Sender::new(false),
+            endpoint_set: watch::Sender::new(0),
             _stop_tasks: cancel.clone().drop_guard(),
             cancel,
             sources,
@@ -213,6 +216,22 @@ impl Upstream {
         self.inner.balancer.endpoints().iter().any(|e| e.is_ready(now))
     }
 
+    /// The endpoints' addresses, those ready to take traffic first. Waits up to `wait` for DNS targets'
+    /// first answer, so a caller right after start-up does not find an empty list.
+    pub async fn endpoint_addresses(&self, wait: Duration) -> Vec<Uri> {
+        let mut discovered = self.inner.discovered.subscribe();
+        let _ = tokio::time::timeout(wait, discovered.wait_for(|done| *done)).await;
+        let now = Instant::now();
+        let mut endpoints: Vec<_> = self.inner.balancer.endpoints().iter().cloned().collect();
+        endpoints.sort_by_key(|endpoint| !endpoint.is_ready(now));
+        endpoints.iter().map(|endpoint| endpoint.address().clone()).collect()
+    }
+
+    /// A receiver that sees a change whenever endpoints are added to the set or removed from it.
+    pub fn endpoint_set_changes(&self) -> watch::Receiver<u64> {
+        self.inner.endpoint_set.subscribe()
+    }
+
     /// Everything the admin view shows.
     pub fn snapshot(&self) -> UpstreamSnapshot {
         let now = Instant::now();
@@ -251,6 +270,9 @@ impl Inner {
         }
         let mut checks = self.health_checks.lock().unwrap_or_else(PoisonError::into_inner);
         let change = self.balancer.set_addresses(&addresses);
+        if !change.added.is_empty() || !change.removed.is_empty() {
+            self.endpoint_set.send_modify(|generation| *generation += 1);
+        }
         for endpoint in &change.removed {
             tracing::info!(endpoint = %endpoint.address(), "upstream endpoint removed");
             // Dropping the guard stops its health check; calls in flight keep the endpoint until they end.

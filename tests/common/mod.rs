@@ -100,7 +100,9 @@ pub fn violations(status: &tonic::Status) -> Vec<(String, String)> {
 }
 
 pub mod dnsmasq;
+pub mod echo;
 pub mod process;
+pub mod python;
 pub mod replicas;
 pub mod rest;
 
@@ -134,8 +136,10 @@ pub async fn start_gateway_with(adjust: impl FnOnce(&mut portico::gateway::Gatew
 /// Runs a gateway with `config` on 127.0.0.1:0 in this process; cancel the token to stop it.
 pub async fn spawn_gateway(config: portico::gateway::GatewayConfig) -> (SocketAddr, CancellationToken) {
     let shutdown = CancellationToken::new();
-    let router = portico::gateway::router(&portico::proto::DESCRIPTOR_POOL, config.clone(), shutdown.clone())
-        .expect("gateway router");
+    let router = portico::gateway::start(&portico::proto::DESCRIPTOR_POOL, config.clone(), shutdown.clone())
+        .await
+        .expect("gateway router")
+        .public;
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("local addr");
     let token = shutdown.clone();

@@ -88,11 +88,11 @@ mod tests {
         );
         let genre = library["components"]["schemas"]["shelf.Genre"]["description"].as_str().expect("a description");
         assert!(genre.contains("- `GENRE_FICTION`: Stories."), "trailing comments count too: {genre}");
-        let get_book = &library["paths"]["/v2/shelves/{shelf.id}/books/{book_id}"]["get"];
+        let get_book = &library["paths"]["/v2/shelves/{shelf_id}/books/{book_id}"]["get"];
         assert_eq!(get_book["summary"], "Gets a book.");
         assert_eq!(get_book["description"], "Gets a book. Or fails.\n\nMore text.");
         assert!(
-            library["paths"]["/v2/archive/{shelf.owner}/{book_id}"]["get"].get("summary").is_none(),
+            library["paths"]["/v2/archive/{shelf_owner}/{book_id}"]["get"].get("summary").is_none(),
             "no comment, no summary"
         );
     }

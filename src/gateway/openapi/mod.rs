@@ -8,7 +8,8 @@
 //!   [`PathTemplate::openapi_path`](crate::gateway::template::PathTemplate::openapi_path). The operationId is
 //!   the RPC name; an RPC's additional bindings get `_1`, `_2`, … in path order, and the RPC name is prefixed
 //!   with its service where two services share it. The tag is the service's name.
-//! - **Parameters**: path variables by their dotted field path; query parameters exactly as
+//! - **Parameters**: path variables by their field path joined with `_` (`{user.id}` is `{user_id}`, since
+//!   API tools mis-handle dots in path parameter names); query parameters exactly as
 //!   [`query_parameters`] lists them (dotted JSON names); the `Grpc-Timeout` header, and `Last-Event-ID` for
 //!   streams that resume.
 //! - **Bodies**: proto3 JSON. `body: "*"` documents the request message less the fields the path binds;
@@ -58,6 +59,13 @@ mod schema;
 
 const JSON: &str = "application/json";
 const EVENT_STREAM: &str = "text/event-stream";
+/// google.api.HttpBody bodies take and give any media type.
+const ANY_MEDIA_TYPE: &str = "*/*";
+
+/// Raw bytes, as OpenAPI 3.1 describes them.
+fn binary_schema() -> ObjectBuilder {
+    ObjectBuilder::new().schema_type(Type::String).content_media_type("application/octet-stream")
+}
 /// The API version in `info`: the descriptors carry none (versions live in the paths, such as `/v1/`).
 const API_VERSION: &str = "1.0.0";
 
@@ -285,8 +293,12 @@ fn parameters(schemas: &mut Schemas, route: &Route) -> Vec<utoipa::openapi::path
     let mut path_names = HashSet::new();
     for (field, variable) in route.path_fields.iter().zip(route.template.variables()) {
         let Some(leaf) = field.path.last() else { continue };
-        let name = field.path.iter().map(FieldDescriptor::name).collect::<Vec<_>>().join(".");
+        let name = variable.openapi_name();
         let mut description = field_comments(leaf);
+        if field.path.len() > 1 {
+            let dotted = field.path.iter().map(FieldDescriptor::name).collect::<Vec<_>>().join(".");
+            description = Some(join_paragraphs(description, format!("Sets the request field `{dotted}`.")));
+        }
         if variable.is_multi_segment() {
             description = Some(join_paragraphs(
                 description,
@@ -384,6 +396,13 @@ fn request_body(schemas: &mut Schemas, route: &Route) -> Option<utoipa::openapi:
     let input = route.rpc.input();
     let body = match (&route.body, route.kind) {
         (BodyRule::None, _) => return None,
+        _ if route.raw_request_body => RequestBodyBuilder::new()
+            .description(Some(
+                "Any content, sent upstream as it is: the body becomes a google.api.HttpBody's `data` and its \
+                 Content-Type the `content_type`."
+                    .to_string(),
+            ))
+            .content(ANY_MEDIA_TYPE, ContentBuilder::new().schema(Some(binary_schema())).build()),
         (_, CallKind::ClientStreaming) => {
             let message = schemas.want_message(&input);
             RequestBodyBuilder::new()
@@ -427,6 +446,18 @@ fn request_body(schemas: &mut Schemas, route: &Route) -> Option<utoipa::openapi:
 
 fn success_response(schemas: &mut Schemas, route: &Route) -> utoipa::openapi::Response {
     let output = route.rpc.output();
+    if route.raw_response_body {
+        let description = if route.kind == CallKind::ServerStreaming {
+            "A download streamed as the service produces it (google.api.HttpBody messages), with the \
+             Content-Type of the first message. A failure mid-stream cuts the body off."
+        } else {
+            "The raw body of the service's google.api.HttpBody answer, with its Content-Type."
+        };
+        return ResponseBuilder::new()
+            .description(description)
+            .content(ANY_MEDIA_TYPE, ContentBuilder::new().schema(Some(binary_schema())).build())
+            .build();
+    }
     if route.kind == CallKind::ServerStreaming {
         // Streams always carry whole messages: `response_body` applies to unary responses only.
         let message = schemas.want_message(&output);
@@ -549,17 +580,17 @@ mod tests {
         assert_eq!(tags, ["Archive", "Library", "UserService"]);
 
         // Two services share the RPC name GetBook; the additional binding gets a suffix, the primary does not.
-        let get_book = operation("/v2/shelves/{shelf.id}/books/{book_id}", "get");
+        let get_book = operation("/v2/shelves/{shelf_id}/books/{book_id}", "get");
         assert_eq!(get_book["operationId"], "Library_GetBook");
         assert_eq!(get_book["tags"], json!(["Library"]));
         assert_eq!(operation("/v2/books/{book_id}/{__wildcard_1}", "get")["operationId"], "Library_GetBook_1");
-        assert_eq!(operation("/v2/archive/{shelf.owner}/{book_id}", "get")["operationId"], "Archive_GetBook");
-        assert_eq!(operation("/v2/archive/{shelf.owner}/{book_id}", "get")["tags"], json!(["Archive"]));
+        assert_eq!(operation("/v2/archive/{shelf_owner}/{book_id}", "get")["operationId"], "Archive_GetBook");
+        assert_eq!(operation("/v2/archive/{shelf_owner}/{book_id}", "get")["tags"], json!(["Archive"]));
 
         assert_eq!(
             names(&get_book),
             [
-                "path:shelf.id",
+                "path:shelf_id",
                 "path:book_id",
                 "query:shelf.owner",
                 "query:genres",
@@ -591,9 +622,9 @@ mod tests {
             "a wrapper's value"
         );
 
-        let archive = operation("/v2/archive/{shelf.owner}/{book_id}", "get");
+        let archive = operation("/v2/archive/{shelf_owner}/{book_id}", "get");
         let owner = &archive["parameters"][0];
-        assert_eq!((&owner["name"], &owner["in"]), (&json!("shelf.owner"), &json!("path")));
+        assert_eq!((&owner["name"], &owner["in"]), (&json!("shelf_owner"), &json!("path")));
         let note = owner["description"].as_str().unwrap_or_default();
         assert!(note.contains("`/v2/archive/{shelf.owner=users/*}/{book_id}`") && note.contains("unencoded"), "{note}");
 
@@ -601,10 +632,10 @@ mod tests {
         assert_eq!(names(&wildcard)[..2], ["path:book_id", "path:__wildcard_1"]);
 
         // body "*" with a path-bound field: the body schema leaves exactly that field out.
-        let move_book = operation("/v2/shelves/{shelf.id}/books:move", "post");
+        let move_book = operation("/v2/shelves/{shelf_id}/books:move", "post");
         assert_eq!(
             names(&move_book),
-            ["path:shelf.id", "header:Grpc-Timeout"],
+            ["path:shelf_id", "header:Grpc-Timeout"],
             "body \"*\" leaves no query parameters"
         );
         assert_eq!(
@@ -621,7 +652,7 @@ mod tests {
         );
 
         // A server stream without SSE options: no Last-Event-ID, no event ids.
-        let read = operation("/v2/shelves/{shelf.id}/books:read", "get");
+        let read = operation("/v2/shelves/{shelf_id}/books:read", "get");
         assert!(!names(&read).contains(&"header:Last-Event-ID".to_string()));
         let content = &read["responses"]["200"]["content"];
         assert!(content["text/event-stream"].is_object() && content["application/x-ndjson"].is_object());

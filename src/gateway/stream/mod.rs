@@ -22,7 +22,9 @@ use prost_reflect::{DynamicMessage, MessageDescriptor, Value};
 use tokio::sync::mpsc;
 
 use crate::gateway::error::{GatewayError, status_json};
+use crate::gateway::handler::raw_content_type;
 use crate::gateway::rules::Route;
+use crate::gateway::transcode::http_body;
 use crate::gateway::transcode::{message_json, parse_message};
 use crate::upstream::Lease;
 use split::{JsonSplitter, SplitLimits};
@@ -100,6 +102,33 @@ pub fn ndjson_response(upstream: impl UpstreamStream, lease: Lease) -> Response 
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
     response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
+}
+
+/// A server stream of `google.api.HttpBody` as a streamed download: the Content-Type of the first message,
+/// then each message's data as it arrives. An error before the first message is an ordinary error response;
+/// an error later cuts the body off (an HTTP/2 reset, or a closed HTTP/1.1 connection without the final
+/// chunk), so a client never mistakes a truncated download for a complete one.
+pub async fn download_response(
+    route: &Route,
+    upstream: impl UpstreamStream,
+    lease: Lease,
+) -> Result<Response, GatewayError> {
+    let mut items = Box::pin(stream_items(upstream, lease));
+    let (content_type, first) = match items.next().await {
+        Some(Ok(message)) => http_body::response_parts(route, &message),
+        Some(Err(status)) => return Err(GatewayError::Upstream(status)),
+        None => (String::new(), Bytes::new()),
+    };
+    let route = route.clone();
+    let rest = items.map(move |item| match item {
+        Ok(message) => Ok(http_body::response_parts(&route, &message).1),
+        Err(status) => Err(std::io::Error::other(format!("the stream failed: {}", status.message()))),
+    });
+    let body = futures::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(rest);
+    let mut response = Response::new(Body::from_stream(body));
+    response.headers_mut().insert(header::CONTENT_TYPE, raw_content_type(&content_type));
+    response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
 }
 
 /// The upstream messages, then at most one error; the lease is released when the stream ends or is dropped.

@@ -1,0 +1,45 @@
+//! Responses as canonical proto3 JSON: the whole message or its `response_body` field.
+
+use prost_reflect::{DynamicMessage, Value};
+
+use super::SERIALIZE;
+use crate::gateway::error::GatewayError;
+use crate::gateway::rules::{ResponseBody, Route};
+
+/// The JSON body of a unary response: the whole message, or its `response_body` field.
+pub fn response_json(route: &Route, message: &DynamicMessage) -> Result<Vec<u8>, GatewayError> {
+    match &route.response_body {
+        ResponseBody::Whole => message_json(message),
+        ResponseBody::Field(field) => match message.get_field(field).as_ref() {
+            Value::Message(inner) if !field.is_list() && !field.is_map() => message_json(inner),
+            _ => {
+                // Scalars, lists and maps: render the whole message and take the field out of it.
+                let mut whole = serde_json::to_value(JsonMessage(message)).map_err(internal)?;
+                let value =
+                    whole.get_mut(field.json_name()).map(serde_json::Value::take).unwrap_or(serde_json::Value::Null);
+                serde_json::to_vec(&value).map_err(internal)
+            }
+        },
+    }
+}
+
+/// Canonical proto3 JSON of a message.
+pub fn message_json(message: &DynamicMessage) -> Result<Vec<u8>, GatewayError> {
+    let mut out = Vec::with_capacity(256);
+    let mut serializer = serde_json::Serializer::new(&mut out);
+    message.serialize_with_options(&mut serializer, &SERIALIZE).map_err(internal)?;
+    Ok(out)
+}
+
+/// A message as a serde value with the gateway's JSON options.
+pub struct JsonMessage<'a>(pub &'a DynamicMessage);
+
+impl serde::Serialize for JsonMessage<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize_with_options(serializer, &SERIALIZE)
+    }
+}
+
+fn internal(error: impl std::fmt::Display) -> GatewayError {
+    GatewayError::Upstream(tonic::Status::internal(format!("cannot render the response as JSON: {error}")))
+}
