@@ -659,3 +659,31 @@ async fn reflection_of_the_user_service_gives_the_embedded_api_and_reloads_keep_
     assert_eq!(event.json()["user"]["id"], created.json()["id"]);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proto_sources_reload_when_edited_and_a_compile_error_changes_nothing() -> Result<(), Error> {
+    let dir = tempfile::tempdir()?;
+    let upstream = echo::start(descriptor_set(&["inventory.proto"])?, "echo").await;
+    let source = std::fs::read_to_string(format!("{PROTOS}/sidecar/inventory.proto"))?;
+    let file = dir.path().join("inventory.proto");
+    std::fs::write(&file, &source)?;
+    let include = dir.path().display().to_string();
+    let gateway =
+        gateway(&["--upstream", &upstream.url(), "--proto", "inventory.proto", "--proto-path", &include]).await?;
+    assert_eq!(rest::get(gateway.addr, "/v1/items/a").await?.status, StatusCode::OK);
+
+    // An edit in place (not a rename) is seen too: a second binding for the same RPC.
+    let edited = source.replace(r#"{get: "/v1/items/{sku}"}"#, r#"{get: "/v1/items/{sku}" additional_bindings {get: "/v2/stock/{sku}"}}"#);
+    assert_ne!(edited, source);
+    std::fs::write(&file, &edited)?;
+    let view = gateway.reloaded(1).await?;
+    assert_eq!((&view["last_reload"]["ok"], &view["routes"]), (&json!(true), &json!(2)), "{view}");
+    assert_eq!(rest::get(gateway.addr, "/v2/stock/a").await?.json()["sku"], "a");
+
+    std::fs::write(&file, edited.replace("message Item {", "message Item {\n  strin broken = 9;"))?;
+    let view = gateway.reloaded(2).await?;
+    let error = view["last_reload"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("inventory.proto:") && error.contains("strin"), "{view}");
+    assert_eq!(rest::get(gateway.addr, "/v2/stock/a").await?.status, StatusCode::OK, "the last good table serves");
+    Ok(())
+}

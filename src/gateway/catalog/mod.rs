@@ -33,6 +33,9 @@ use crate::gateway::rules::{RouteOptions, RouteTable, RuleError};
 use crate::upstream::endpoint::unix_secs;
 use fileset::FileSet;
 
+/// How long start-up waits for an upstream's reflection to answer before giving up.
+pub const STARTUP_REFLECTION_WAIT: Duration = Duration::from_secs(60);
+
 /// Where the descriptors come from. With no file, no .proto source and no reflection, the descriptors compiled
 /// into the binary are served.
 #[derive(Debug, Clone, PartialEq)]
@@ -259,14 +262,23 @@ pub struct LiveCatalog {
 }
 
 impl LiveCatalog {
-    /// Loads the first catalog.
+    /// Loads the first catalog. With reflection, an upstream that does not answer yet is waited for, up to
+    /// [`STARTUP_REFLECTION_WAIT`]: a sidecar often starts before the service it fronts.
     ///
     /// # Errors
     ///
     /// As [`Loader::load`]: at start-up a bad source stops the process.
     pub async fn start(loader: Loader) -> Result<Self, LoadError> {
         let started = std::time::Instant::now();
-        let catalog = loader.load().await?;
+        let catalog = loop {
+            match loader.load().await {
+                Err(LoadError::Reflection { endpoint, reason }) if started.elapsed() < STARTUP_REFLECTION_WAIT => {
+                    tracing::info!(%endpoint, %reason, "waiting for the upstream's reflection to answer");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                loaded => break loaded?,
+            }
+        };
         let now = SystemTime::now();
         log_loaded(&catalog, "start-up");
         let status = ReloadStatus {

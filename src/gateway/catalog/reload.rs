@@ -63,7 +63,9 @@ pub fn reload_on_sighup(live: &Arc<LiveCatalog>, shutdown: &CancellationToken) {
 
 /// What the file watcher looks at: directories, and which names in them matter.
 struct WatchedFiles {
-    /// Directories of descriptor sets and .proto files (non-recursive), and include paths (recursive).
+    /// Directories of descriptor sets and .proto files (non-recursive), and include paths (recursive). The
+    /// current directory, the compiler's include path when none is given, is never watched recursively: it
+    /// may be `/`.
     directories: BTreeSet<(PathBuf, bool)>,
     /// Descriptor-set file names; besides these, any `.proto` file counts.
     names: BTreeSet<std::ffi::OsString>,
@@ -74,12 +76,17 @@ impl WatchedFiles {
         let sources = live.sources();
         let mut directories = BTreeSet::new();
         let mut names = BTreeSet::new();
-        for file in sources.descriptor_sets.iter().chain(&sources.protos) {
+        for file in &sources.descriptor_sets {
             directories.insert((parent(file), false));
             if let Some(name) = file.file_name() {
                 names.insert(name.to_os_string());
             }
         }
+        // A .proto file is named relative to an include path (watched below), or by a path of its own.
+        for file in sources.protos.iter().filter(|file| file.exists()) {
+            directories.insert((parent(file), false));
+        }
+
         for include in &sources.proto_paths {
             directories.insert((include.clone(), true));
         }
