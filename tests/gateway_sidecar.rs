@@ -673,7 +673,10 @@ async fn proto_sources_reload_when_edited_and_a_compile_error_changes_nothing() 
     assert_eq!(rest::get(gateway.addr, "/v1/items/a").await?.status, StatusCode::OK);
 
     // An edit in place (not a rename) is seen too: a second binding for the same RPC.
-    let edited = source.replace(r#"{get: "/v1/items/{sku}"}"#, r#"{get: "/v1/items/{sku}" additional_bindings {get: "/v2/stock/{sku}"}}"#);
+    let edited = source.replace(
+        r#"{get: "/v1/items/{sku}"}"#,
+        r#"{get: "/v1/items/{sku}" additional_bindings {get: "/v2/stock/{sku}"}}"#,
+    );
     assert_ne!(edited, source);
     std::fs::write(&file, &edited)?;
     let view = gateway.reloaded(1).await?;
