@@ -99,8 +99,9 @@ fn the_document_describes_the_user_api() {
         "response_body: \"user\" answers the User itself"
     );
 
-    let update = &doc["paths"]["/v1/users/{user_id}"]["patch"];
-    assert_eq!(parameter(update, "user_id")["in"], "path");
+    // `{user.id}` shares the path of GET `/v1/users/{id}`: one OpenAPI path, one parameter name.
+    let update = &doc["paths"]["/v1/users/{id}"]["patch"];
+    assert_eq!(parameter(update, "id")["in"], "path");
     assert_eq!(parameter(update, "updateMask")["in"], "query");
     assert_eq!(
         update["requestBody"]["content"]["application/json"]["schema"]["$ref"],

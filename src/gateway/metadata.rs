@@ -100,22 +100,29 @@ pub fn response_headers(metadata: &MetadataMap, headers: &mut HeaderMap) {
     }
 }
 
-/// The client's deadline from a `Grpc-Timeout` header (gRPC's format: up to 8 digits and a unit of H, M, S,
-/// m, u or n). A malformed header is a 400 rather than silently no deadline.
+/// The client's deadline from a `Grpc-Timeout` header (gRPC's format: a positive number of up to 8 digits
+/// and a unit of H, M, S, m, u or n). A malformed or zero timeout is the client's mistake, a 400, rather than
+/// silently no deadline or a deadline that has already expired.
 pub fn client_timeout(headers: &HeaderMap) -> Result<Option<Duration>, GatewayError> {
     let Some(value) = headers.get("grpc-timeout") else { return Ok(None) };
     let text = value.to_str().unwrap_or_default();
     parse_grpc_timeout(text).map(Some).ok_or_else(|| {
-        GatewayError::BadRequest(format!("Grpc-Timeout {text:?} is not a gRPC timeout such as 500m or 10S"))
+        GatewayError::BadRequest(format!(
+            "Grpc-Timeout {text:?} is not a positive gRPC timeout such as 500m or 10S (1 to 8 digits without \
+             leading zeros, then H, M, S, m, u or n)"
+        ))
     })
 }
+
+/// The grammar the OpenAPI document states for `Grpc-Timeout`; [`parse_grpc_timeout`] accepts exactly it.
+pub const GRPC_TIMEOUT_PATTERN: &str = "^[1-9][0-9]{0,7}[HMSmun]$";
 
 fn parse_grpc_timeout(text: &str) -> Option<Duration> {
     if text.len() < 2 || text.len() > 9 {
         return None;
     }
     let (digits, unit) = text.split_at(text.len() - 1);
-    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+    if !digits.bytes().all(|b| b.is_ascii_digit()) || digits.starts_with('0') {
         return None;
     }
     let amount: u64 = digits.parse().ok()?;
@@ -158,6 +165,11 @@ mod tests {
             ("-1S", None),
             ("123456789S", None),
             ("1.5S", None),
+            ("0H", None),
+            ("00H", None),
+            ("0n", None),
+            ("01S", None),
+            ("+1S", None),
         ];
         for (text, expected) in table {
             assert_eq!(parse_grpc_timeout(text), expected, "{text:?}");

@@ -48,6 +48,7 @@ use utoipa::openapi::{
 
 use self::comments::{comments, field_comments, join_paragraphs, summary};
 use self::schema::{STATUS, Schemas, ref_with};
+use crate::gateway::metadata::GRPC_TIMEOUT_PATTERN;
 use crate::gateway::rules::{BodyRule, CallKind, ResponseBody, Route, RouteTable, by_path};
 use crate::gateway::stream::NDJSON;
 use crate::gateway::transcode::query_parameters;
@@ -80,11 +81,11 @@ pub fn document(routes: &RouteTable) -> OpenApi {
     let operation_ids = operation_ids(&ordered);
     let tags = tag_names(&ordered);
 
+    let canonical = canonical_paths(&ordered);
     let mut paths = PathsBuilder::new();
     let mut taken: HashSet<(String, HttpMethod)> = HashSet::new();
     let mut services = BTreeMap::new();
-    for (route, operation_id) in ordered.iter().zip(operation_ids) {
-        let path = route.template.openapi_path();
+    for ((route, operation_id), (path, renames)) in ordered.iter().zip(operation_ids).zip(canonical) {
         let Some(method) = http_method(&route.http_method) else {
             tracing::warn!(
                 rpc = route.rpc_name(),
@@ -106,7 +107,7 @@ pub fn document(routes: &RouteTable) -> OpenApi {
         let tag = tags.get(service.full_name()).cloned().unwrap_or_else(|| service.name().to_string());
         services
             .insert(service.full_name().to_string(), (tag.clone(), comments(&service.parent_file(), service.path())));
-        let operation = operation(&mut schemas, route, operation_id, tag);
+        let operation = operation(&mut schemas, route, &renames, operation_id, tag);
         paths = paths.path(path, PathItem::new(method, operation));
     }
 
@@ -261,7 +262,13 @@ fn tag_names(routes: &[&Route]) -> HashMap<String, String> {
 
 /// One route's operation. Every `$ref` it hands out is registered with `schemas`, which describes them all at
 /// the end.
-fn operation(schemas: &mut Schemas, route: &Route, operation_id: String, tag: String) -> Operation {
+fn operation(
+    schemas: &mut Schemas,
+    route: &Route,
+    renames: &HashMap<String, String>,
+    operation_id: String,
+    tag: String,
+) -> Operation {
     let doc = comments(&route.rpc.parent_file(), route.rpc.path());
     let deprecated = route.rpc.method_descriptor_proto().options.as_ref().and_then(|o| o.deprecated).unwrap_or(false);
     let mut operation = OperationBuilder::new()
@@ -274,7 +281,7 @@ fn operation(schemas: &mut Schemas, route: &Route, operation_id: String, tag: St
     // Every input and output gets its component, even where the operation shows only part of it.
     schemas.want_message(&route.rpc.input());
     schemas.want_message(&route.rpc.output());
-    for parameter in parameters(schemas, route) {
+    for parameter in parameters(schemas, route, renames) {
         operation = operation.parameter(parameter);
     }
     if let Some(body) = request_body(schemas, route) {
@@ -288,14 +295,21 @@ fn operation(schemas: &mut Schemas, route: &Route, operation_id: String, tag: St
     operation.build()
 }
 
-fn parameters(schemas: &mut Schemas, route: &Route) -> Vec<utoipa::openapi::path::Parameter> {
+/// The path parameters' names as the OpenAPI path states them: `renames` maps a route's own names to those of
+/// the route that claimed the path's shape first.
+fn parameters(
+    schemas: &mut Schemas,
+    route: &Route,
+    renames: &HashMap<String, String>,
+) -> Vec<utoipa::openapi::path::Parameter> {
+    let renamed = |name: String| renames.get(&name).cloned().unwrap_or(name);
     let mut parameters = Vec::new();
     let mut path_names = HashSet::new();
     for (field, variable) in route.path_fields.iter().zip(route.template.variables()) {
         let Some(leaf) = field.path.last() else { continue };
-        let name = variable.openapi_name();
+        let name = renamed(variable.openapi_name());
         let mut description = field_comments(leaf);
-        if field.path.len() > 1 {
+        if field.path.len() > 1 || name != variable.openapi_name() {
             let dotted = field.path.iter().map(FieldDescriptor::name).collect::<Vec<_>>().join(".");
             description = Some(join_paragraphs(description, format!("Sets the request field `{dotted}`.")));
         }
@@ -321,7 +335,7 @@ fn parameters(schemas: &mut Schemas, route: &Route) -> Vec<utoipa::openapi::path
         path_names.insert(name);
     }
     // Unbound `*` and `**` still appear in the OpenAPI path, and every name in a path must be declared.
-    for name in path_variables(&route.template.openapi_path()) {
+    for name in path_variables(&route.template.openapi_path()).into_iter().map(renamed) {
         if path_names.contains(&name) {
             continue;
         }
@@ -382,11 +396,11 @@ fn parameters(schemas: &mut Schemas, route: &Route) -> Vec<utoipa::openapi::path
             .parameter_in(ParameterIn::Header)
             .required(Required::False)
             .description(Some(format!(
-                "The client's deadline in gRPC's format: up to 8 digits and a unit (H, M, S, m for \
+                "The client's deadline in gRPC's format: a positive number of up to 8 digits and a unit (H, M, S, m for \
                  milliseconds, u, n), such as `500m` or `10S`. {deadline} It is passed upstream, and its \
                  expiry is a 504 DEADLINE_EXCEEDED."
             )))
-            .schema(Some(ObjectBuilder::new().schema_type(Type::String).pattern(Some("^[0-9]{1,8}[HMSmun]$"))))
+            .schema(Some(ObjectBuilder::new().schema_type(Type::String).pattern(Some(GRPC_TIMEOUT_PATTERN))))
             .build(),
     );
     parameters
@@ -547,6 +561,44 @@ fn json_path(path: &[FieldDescriptor]) -> String {
 }
 
 /// The `{name}`s of an OpenAPI path, in order.
+/// Each route's OpenAPI path, and how its parameter names were renamed to get it.
+///
+/// OpenAPI takes templated paths that differ only in their parameter names for the same path (`/v1/users/{id}`
+/// for GET and `/v1/users/{user_id}` for PATCH), and a document with both is invalid: tools then disagree with
+/// the gateway about which methods a URL has. So the first route (in path order) to claim a shape names its
+/// parameters, and later routes of that shape use those names; each parameter still says which field it sets.
+fn canonical_paths(routes: &[&Route]) -> Vec<(String, HashMap<String, String>)> {
+    let mut names_of_shape: HashMap<String, Vec<String>> = HashMap::new();
+    routes
+        .iter()
+        .map(|route| {
+            let path = route.template.openapi_path();
+            let own = path_variables(&path);
+            let shape = with_names(&path, &vec![String::new(); own.len()]);
+            let names = names_of_shape.entry(shape).or_insert_with(|| own.clone()).clone();
+            let renames: HashMap<String, String> =
+                own.into_iter().zip(names.iter().cloned()).filter(|(a, b)| a != b).collect();
+            (with_names(&path, &names), renames)
+        })
+        .collect()
+}
+
+/// `path` with its `{…}` parameters named `names`, in order.
+fn with_names(path: &str, names: &[String]) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut names = names.iter();
+    let mut rest = path;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else { break };
+        out.push_str(&rest[..=open]);
+        out.push_str(names.next().map_or("", String::as_str));
+        out.push('}');
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn path_variables(path: &str) -> Vec<String> {
     path.split('{').skip(1).filter_map(|rest| rest.split_once('}').map(|(name, _)| name.to_string())).collect()
 }
@@ -714,6 +766,23 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(document_json(&routes).expect("json"), first);
         }
+    }
+
+    #[test]
+    fn paths_that_differ_only_in_parameter_names_are_one_path() {
+        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(with_names("/v1/users/{user_id}", &names(&["id"])), "/v1/users/{id}");
+        assert_eq!(with_names("/v1/{a}/x/{b}:do", &names(&["", ""])), "/v1/{}/x/{}:do");
+        assert_eq!(with_names("/v1/users", &[]), "/v1/users");
+        let doc =
+            serde_json::to_value(document(&RouteTable::from_pool(&crate::proto::DESCRIPTOR_POOL).expect("routes")))
+                .expect("JSON");
+        let item = &doc["paths"]["/v1/users/{id}"];
+        assert!(item["get"].is_object() && item["patch"].is_object() && item["delete"].is_object(), "{item}");
+        assert!(doc["paths"].get("/v1/users/{user_id}").is_none());
+        let patch_id = &item["patch"]["parameters"][0];
+        assert_eq!(patch_id["name"], "id");
+        assert!(patch_id["description"].as_str().is_some_and(|d| d.contains("`user.id`")), "{patch_id}");
     }
 
     #[test]
