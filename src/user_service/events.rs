@@ -2,8 +2,11 @@
 //!
 //! One task per process tails the store's change log and fans every committed change out over a bounded
 //! broadcast channel; watchers never poll the database themselves while they keep up. The task wakes as soon
-//! as this process commits, and also polls on an interval so changes committed by other processes sharing the
-//! database (replicas) arrive too.
+//! as this process commits. Changes committed by other processes sharing the database (replicas) arrive
+//! through the store's change notifications where it has them (PostgreSQL's LISTEN/NOTIFY), with a slow poll
+//! left only as a safety net; otherwise (SQLite) through a poll on the configured interval. Either way a
+//! wake-up only means "read the log after the last revision read", so a lost notification delays a change but
+//! never drops it.
 //!
 //! A watcher that falls behind the broadcast buffer catches up from the change log in the database, page by
 //! page, so memory stays bounded by the buffer sizes whatever the watcher's speed. Only when the change it
@@ -12,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -34,6 +37,10 @@ pub struct FeedConfig {
     /// Change-log rows read per query.
     pub page_size: u32,
 }
+
+/// The shortest poll when the store notifies: then polling only guards against a notification lost in a way the
+/// listener could not notice.
+const NOTIFIED_POLL_INTERVAL: Duration = Duration::from_secs(30);
 
 impl Default for FeedConfig {
     fn default() -> Self {
@@ -78,11 +85,17 @@ impl ChangeFeed {
     }
 
     async fn tail(self: Arc<Self>, mut last: i64) {
+        let mut notifications = self.store.change_notifications();
+        let poll_interval = match notifications {
+            Some(_) => self.config.poll_interval.max(NOTIFIED_POLL_INTERVAL),
+            None => self.config.poll_interval,
+        };
         loop {
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
                 () = self.wake.notified() => {}
-                () = tokio::time::sleep(self.config.poll_interval) => {}
+                () = notified(&mut notifications) => {}
+                () = tokio::time::sleep(poll_interval) => {}
             }
             loop {
                 match self.store.changes_after(last, self.config.page_size).await {
@@ -138,6 +151,19 @@ impl ChangeFeed {
         });
         ReceiverStream::new(receiver)
     }
+}
+
+/// Resolves when the store signals a commit by any process; never, when it has no such signal.
+async fn notified(notifications: &mut Option<watch::Receiver<u64>>) {
+    if let Some(receiver) = notifications
+        && receiver.changed().await.is_ok()
+    {
+        return;
+    }
+    // The store stopped signalling (it is being dropped): only the poll is left, and an ended receiver would
+    // resolve at once on every turn.
+    *notifications = None;
+    std::future::pending().await
 }
 
 /// Why a watch stopped.

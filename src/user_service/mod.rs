@@ -29,7 +29,7 @@ use crate::config::UserServiceConfig;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::user::user_service_server::UserServiceServer;
 use password::PasswordHasher;
-use store::{SqliteStore, Store, StoreError};
+use store::{Store, StoreError, StoreOptions};
 
 /// The name the service reports under in grpc.health.v1.
 pub const SERVICE_NAME: &str = "user.UserService";
@@ -63,7 +63,9 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.database_url, config.change_log_window).await?);
+    let options =
+        StoreOptions { change_log_window: config.change_log_window, max_connections: config.db_max_connections };
+    let store = store::open(&config.database_url, options).await?;
     let hasher = PasswordHasher::new(config.password_hash_cost)?;
     // Health follows `shutdown`; everything else stops only after the grace period.
     let stop = CancellationToken::new();

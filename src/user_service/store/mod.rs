@@ -3,11 +3,22 @@
 //! A store keeps users and a bounded change log. Every mutation commits the user rows and one change-log entry
 //! per affected user in one transaction, so the log's revisions follow commit order and a reader never sees a
 //! user change without its log entry.
+//!
+//! SQLite is the default (one file, one machine); PostgreSQL serves replicas on several machines. [`open`]
+//! picks the backend from the database URL.
 
+mod conditions;
+mod listener;
+mod postgres;
 mod sqlite;
+mod stored;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
+
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use crate::proto::user::{User, UserEventType, UserStatus};
@@ -92,6 +103,36 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0:?} is not a sqlite: or postgres:// database URL")]
+    UnsupportedUrl(String),
+}
+
+/// Settings for opening a store, whichever the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Change-log entries kept for `since_revision` resumes.
+    pub change_log_window: u32,
+    /// PostgreSQL's connection pool size (SQLite has one writer and a fixed read pool).
+    pub max_connections: u32,
+}
+
+/// Whether `url` names a PostgreSQL database (`postgres://` or `postgresql://`).
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// Opens the store that `url` names: SQLite for `sqlite:…`, PostgreSQL for `postgres://…` or `postgresql://…`.
+/// Pending migrations are applied before it returns.
+///
+/// Fails with [`StoreError::UnsupportedUrl`] for any other scheme, and as the backend's `open` does otherwise.
+pub async fn open(url: &str, options: StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(url, options.change_log_window).await?))
+    } else if is_postgres_url(url) {
+        Ok(Arc::new(PostgresStore::open(url, options.change_log_window, options.max_connections).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_owned()))
+    }
 }
 
 /// Durable storage of users and their change log.
@@ -129,4 +170,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks that the database answers, within `timeout`.
     async fn ping(&self, timeout: Duration) -> Result<(), StoreError>;
+
+    /// A signal that changes whenever any process sharing the database may have committed a change, for the
+    /// change feed to read the log after its last revision. The value itself means nothing; a change may
+    /// also come with nothing new to read.
+    ///
+    /// `None` (the default): the database cannot tell, and the feed polls for other processes' commits.
+    fn change_notifications(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
 }
