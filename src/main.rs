@@ -45,7 +45,7 @@ async fn run(command: Command) -> Result<(), BoxError> {
 async fn run_user_service(args: UserServiceArgs, shutdown: CancellationToken) -> Result<(), BoxError> {
     let config = UserServiceConfig::try_from(&args.options)?;
     let listener = bind(args.listen).await?;
-    tracing::info!(addr = %listener.local_addr()?, db = %config.database_url, "user service listening");
+    tracing::info!(addr = %listener.local_addr()?, db = %user_service::store::redact_password(&config.database_url), "user service listening");
     user_service::serve(&config, listener, shutdown).await?;
     tracing::info!("user service stopped");
     Ok(())
@@ -72,7 +72,7 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<(), BoxEr
     let http_listener = bind(args.listen).await?;
     let routers = gateway::routers(&DESCRIPTOR_POOL, gateway_config.clone(), shutdown.clone())?;
     serve_admin(args.gateway.admin_listen, routers.admin, &shutdown).await?;
-    tracing::info!(addr = %grpc_addr, db = %user_config.database_url, "user service listening");
+    tracing::info!(addr = %grpc_addr, db = %user_service::store::redact_password(&user_config.database_url), "user service listening");
     tracing::info!(addr = %http_listener.local_addr()?, "gateway listening");
 
     let user_service = tokio::spawn({

@@ -166,6 +166,30 @@ async fn postgres_listener_reconnects_and_catches_up() -> TestResult {
     Ok(())
 }
 
+/// PostgreSQL only: `sslmode=require` in the URL puts every connection of the store, the listener's too, on
+/// TLS (the test server has Debian's default `ssl = on`).
+#[tokio::test]
+async fn postgres_sslmode_require_encrypts_every_connection() -> TestResult {
+    use sqlx::Connection;
+    let storage = TestStorage::create(Backend::Postgres).await;
+    let store = store::open(&format!("{}?sslmode=require", storage.url()), OPTIONS).await?;
+    let mut signal = store.change_notifications().ok_or("PostgreSQL notifies")?;
+    store.create_users(vec![new_user("Ada")]).await?;
+    tokio::time::timeout(Duration::from_secs(5), signal.changed()).await??;
+
+    let mut admin = sqlx::PgConnection::connect(&storage.url()).await?;
+    let connections: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT application_name, ssl FROM pg_stat_activity JOIN pg_stat_ssl USING (pid) \
+         WHERE datname = current_database() AND application_name LIKE 'portico%' ORDER BY application_name",
+    )
+    .fetch_all(&mut admin)
+    .await?;
+    assert!(connections.iter().any(|(name, _)| name == "portico-listener"), "{connections:?}");
+    assert!(connections.iter().any(|(name, _)| name == "portico"), "{connections:?}");
+    assert!(connections.iter().all(|(_, ssl)| *ssl), "every connection uses TLS: {connections:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn sqlite_has_no_notifications() -> TestResult {
     let storage = TestStorage::create(Backend::Sqlite).await;

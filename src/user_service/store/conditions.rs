@@ -77,3 +77,47 @@ where
 {
     query.push(before).push_bind(value.to_owned()).push(after)
 }
+
+#[cfg(test)]
+mod tests {
+    use sqlx::{Postgres, QueryBuilder, Sqlite};
+
+    use super::{Dialect, push_conditions};
+    use crate::user_service::filter::Filter;
+
+    #[test]
+    fn each_condition_in_each_dialect() -> Result<(), crate::user_service::filter::FilterError> {
+        let cases = [
+            ("", "", ""),
+            ("status = ACTIVE", " AND status = ?", " AND status = $1"),
+            ("status != SUSPENDED", " AND status != ?", " AND status != $1"),
+            ("name = Ada", " AND name = ?", " AND name = $1"),
+            ("name != Ada", " AND name != ?", " AND name != $1"),
+            ("name:ada", " AND instr(name_folded, ?) > 0", " AND strpos(name_folded, $1) > 0"),
+            ("email = a@b.c", " AND email_folded = ?", " AND email_folded = $1"),
+            ("email != a@b.c", " AND email_folded != ?", " AND email_folded != $1"),
+            ("email:b.c", " AND instr(email_folded, ?) > 0", " AND strpos(email_folded, $1) > 0"),
+            (
+                "roles:admin",
+                " AND EXISTS (SELECT 1 FROM json_each(users.roles) WHERE json_each.value = ?)",
+                " AND users.roles::jsonb @> jsonb_build_array($1::text)",
+            ),
+            (
+                "status = ACTIVE AND roles:admin AND email:\"'; DROP TABLE users; --\"",
+                " AND status = ? AND EXISTS (SELECT 1 FROM json_each(users.roles) WHERE json_each.value = ?) \
+                 AND instr(email_folded, ?) > 0",
+                " AND status = $1 AND users.roles::jsonb @> jsonb_build_array($2::text) AND strpos(email_folded, $3) > 0",
+            ),
+        ];
+        for (filter, sqlite, postgres) in cases {
+            let filter = Filter::parse(filter)?;
+            let mut query = QueryBuilder::<Sqlite>::new("");
+            push_conditions(&mut query, &filter, Dialect::Sqlite);
+            assert_eq!(query.into_string(), sqlite);
+            let mut query = QueryBuilder::<Postgres>::new("");
+            push_conditions(&mut query, &filter, Dialect::Postgres);
+            assert_eq!(query.into_string(), postgres);
+        }
+        Ok(())
+    }
+}

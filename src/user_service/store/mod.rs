@@ -121,6 +121,17 @@ pub fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
+/// `url` with the password of its `user:password@` part masked, for logs.
+pub fn redact_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
+    let rest = &url[scheme_end..];
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    match authority.rfind('@').and_then(|at| authority[..at].find(':').map(|colon| (colon, at))) {
+        Some((colon, at)) => format!("{}{}:***{}", &url[..scheme_end], &authority[..colon], &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
 /// Opens the store that `url` names: SQLite for `sqlite:…`, PostgreSQL for `postgres://…` or `postgresql://…`.
 /// Pending migrations are applied before it returns.
 ///
@@ -178,5 +189,28 @@ pub trait Store: Send + Sync + 'static {
     /// `None` (the default): the database cannot tell, and the feed polls for other processes' commits.
     fn change_notifications(&self) -> Option<watch::Receiver<u64>> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_password;
+
+    #[test]
+    fn passwords_are_masked_in_logged_urls() {
+        let cases = [
+            (
+                "postgres://portico:s3cret@db:5432/users?sslmode=require",
+                "postgres://portico:***@db:5432/users?sslmode=require",
+            ),
+            ("postgresql://a:b:c@db/users", "postgresql://a:***@db/users"),
+            ("postgres://portico@db/users", "postgres://portico@db/users"),
+            ("postgres://db/users?user=x", "postgres://db/users?user=x"),
+            ("sqlite://portico.db", "sqlite://portico.db"),
+            ("sqlite::memory:", "sqlite::memory:"),
+        ];
+        for (url, logged) in cases {
+            assert_eq!(redact_password(url), logged, "{url}");
+        }
     }
 }
