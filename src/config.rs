@@ -345,7 +345,8 @@ pub struct UserServiceOptions {
     #[arg(long, env = "PORTICO_WATCH_BUFFER", default_value_t = FeedConfig::default().broadcast_capacity)]
     pub watch_buffer: usize,
 
-    /// How often to look for changes committed by other processes sharing the database.
+    /// How often to look for changes committed by other processes sharing the database (on PostgreSQL, where
+    /// commits are notified, only a safety net: at least 30s).
     #[arg(long, env = "PORTICO_WATCH_POLL_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
     pub watch_poll_interval: Duration,
 

@@ -32,7 +32,8 @@ pub struct FeedConfig {
     pub broadcast_capacity: usize,
     /// Events queued per watcher between its task and the gRPC stream.
     pub watcher_buffer: usize,
-    /// How often the feed looks for changes committed by other processes.
+    /// How often the feed looks for changes committed by other processes. A store that notifies (PostgreSQL)
+    /// makes this a safety net only, never shorter than 30 s.
     pub poll_interval: Duration,
     /// Change-log rows read per query.
     pub page_size: u32,
