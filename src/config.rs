@@ -45,6 +45,33 @@ pub enum Command {
     Openapi,
     /// Probe an HTTP health endpoint; exit 0 when it answers 200 (for container HEALTHCHECKs).
     Healthcheck(HealthcheckArgs),
+    /// Read the user events the outbox relay published to NATS JetStream.
+    Events(EventsArgs),
+}
+
+/// `portico events …`.
+#[derive(Debug, Clone, Args)]
+pub struct EventsArgs {
+    #[command(subcommand)]
+    pub command: EventsCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum EventsCommand {
+    /// Print every event in the stream as one CloudEvents JSON line, oldest first, then follow new ones.
+    Tail(EventsTailArgs),
+}
+
+/// Flags of `portico events tail`.
+#[derive(Debug, Clone, Args)]
+pub struct EventsTailArgs {
+    /// The NATS server the relay publishes to.
+    #[arg(long, env = "PORTICO_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// Stop after this many events (default: follow until interrupted).
+    #[arg(long)]
+    pub limit: Option<u64>,
 }
 
 /// Flags of `portico healthcheck`.
@@ -333,6 +360,10 @@ pub struct UserServiceOptions {
     #[arg(long, env = "PORTICO_DB", default_value = "portico.db")]
     pub db: String,
 
+    /// NATS server with JetStream (`nats://host:4222`): publish every change there, through the outbox relay.
+    #[arg(long, env = "PORTICO_NATS_URL")]
+    pub nats_url: Option<String>,
+
     /// PostgreSQL connection pool size per process (SQLite ignores it).
     #[arg(long, env = "PORTICO_DB_MAX_CONNECTIONS", default_value_t = UserServiceConfig::DEFAULT_DB_MAX_CONNECTIONS)]
     pub db_max_connections: u32,
@@ -390,6 +421,8 @@ pub struct UserServiceConfig {
     pub database_url: String,
     /// PostgreSQL's pool size.
     pub db_max_connections: u32,
+    /// Where the outbox relay publishes; `None`: no relay.
+    pub nats_url: Option<String>,
     pub change_log_window: u32,
     pub feed: FeedConfig,
     pub password_hash_cost: HashCost,
@@ -416,6 +449,7 @@ impl UserServiceConfig {
         Self {
             database_url: database_url.into(),
             db_max_connections: Self::DEFAULT_DB_MAX_CONNECTIONS,
+            nats_url: None,
             change_log_window: Self::DEFAULT_CHANGE_LOG_WINDOW,
             feed: FeedConfig::default(),
             password_hash_cost: HashCost::default(),
@@ -465,6 +499,7 @@ impl TryFrom<&UserServiceOptions> for UserServiceConfig {
         let config = Self {
             database_url: database_url(&args.db),
             db_max_connections: args.db_max_connections,
+            nats_url: args.nats_url.clone(),
             change_log_window: args.change_log_window,
             feed: FeedConfig {
                 broadcast_capacity: args.watch_buffer,

@@ -6,7 +6,10 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use portico::config::{Cli, Command, GatewayArgs, HealthcheckArgs, ServeArgs, UserServiceArgs, UserServiceConfig};
+use portico::config::{
+    Cli, Command, EventsCommand, EventsTailArgs, GatewayArgs, HealthcheckArgs, ServeArgs, UserServiceArgs,
+    UserServiceConfig,
+};
 use portico::proto::DESCRIPTOR_POOL;
 use portico::{gateway, telemetry, user_service};
 
@@ -35,6 +38,9 @@ async fn run(command: Command) -> Result<(), BoxError> {
         Command::Gateway(args) => run_gateway(args, shutdown).await,
         Command::UserService(args) => run_user_service(args, shutdown).await,
         Command::Healthcheck(args) => healthcheck(&args).await,
+        Command::Events(args) => match args.command {
+            EventsCommand::Tail(args) => tail_events(&args, shutdown).await,
+        },
         Command::Openapi => {
             print!("{}", gateway::openapi::document_json(&gateway::rules::RouteTable::from_pool(&DESCRIPTOR_POOL)?)?);
             Ok(())
@@ -107,6 +113,14 @@ async fn serve_admin(
 
 /// One plain HTTP/1.1 GET; Ok when the answer's status is 200. Small on purpose: container images need no
 /// curl for their HEALTHCHECK.
+async fn tail_events(args: &EventsTailArgs, shutdown: CancellationToken) -> Result<(), BoxError> {
+    let mut out = std::io::stdout();
+    tokio::select! {
+        result = user_service::relay::tail(&args.nats_url, args.limit, &mut out) => Ok(result?),
+        () = shutdown.cancelled() => Ok(()),
+    }
+}
+
 async fn healthcheck(args: &HealthcheckArgs) -> Result<(), BoxError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let uri: http::Uri = args.url.parse()?;

@@ -11,7 +11,8 @@ use common::{Backend, TestResult, TestStorage};
 use portico::user_service::filter::Filter;
 use portico::user_service::store::{self, NewUser, Store, StoreError, StoreOptions, UserPatch};
 
-const OPTIONS: StoreOptions = StoreOptions { change_log_window: 100_000, max_connections: 8 };
+const OPTIONS: StoreOptions =
+    StoreOptions { change_log_window: 100_000, max_connections: 8, retain_unpublished: false };
 
 fn new_user(name: &str) -> NewUser {
     NewUser {

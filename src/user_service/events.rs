@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, broadcast, mpsc, watch};
+use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -23,7 +23,7 @@ use tonic::Status;
 use crate::proto::user::{UserEvent, UserEventType};
 use crate::user_service::error::ServiceError;
 use crate::user_service::filter::Filter;
-use crate::user_service::store::{Change, Store, StoreError};
+use crate::user_service::store::{Change, Store, StoreError, wait_for_commit};
 
 /// Sizes and timings of the feed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,7 +95,7 @@ impl ChangeFeed {
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
                 () = self.wake.notified() => {}
-                () = notified(&mut notifications) => {}
+                () = wait_for_commit(&mut notifications) => {}
                 () = tokio::time::sleep(poll_interval) => {}
             }
             loop {
@@ -152,19 +152,6 @@ impl ChangeFeed {
         });
         ReceiverStream::new(receiver)
     }
-}
-
-/// Resolves when the store signals a commit by any process; never, when it has no such signal.
-async fn notified(notifications: &mut Option<watch::Receiver<u64>>) {
-    if let Some(receiver) = notifications
-        && receiver.changed().await.is_ok()
-    {
-        return;
-    }
-    // The store stopped signalling (it is being dropped): only the poll is left, and an ended receiver would
-    // resolve at once on every turn.
-    *notifications = None;
-    std::future::pending().await
 }
 
 /// Why a watch stopped.

@@ -189,6 +189,7 @@ pub fn violations(status: &tonic::Status) -> Vec<(String, String)> {
 }
 
 pub mod dnsmasq;
+pub mod nats;
 pub mod postgres;
 pub mod process;
 pub mod replicas;

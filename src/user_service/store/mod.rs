@@ -8,6 +8,7 @@
 //! picks the backend from the database URL.
 
 mod conditions;
+mod lease;
 mod listener;
 mod postgres;
 mod sqlite;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+pub use lease::RelayLease;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -105,6 +107,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0:?} is not a sqlite: or postgres:// database URL")]
     UnsupportedUrl(String),
+    #[error("cannot lock the relay lease file: {0}")]
+    LeaseFile(std::io::Error),
 }
 
 /// Settings for opening a store, whichever the backend.
@@ -114,11 +118,27 @@ pub struct StoreOptions {
     pub change_log_window: u32,
     /// PostgreSQL's connection pool size (SQLite has one writer and a fixed read pool).
     pub max_connections: u32,
+    /// Whether an outbox relay publishes the change log: then the log is never pruned beyond what was
+    /// published, so a change cannot fall out of the window before it is published.
+    pub retain_unpublished: bool,
 }
 
 /// Whether `url` names a PostgreSQL database (`postgres://` or `postgresql://`).
 pub fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// Resolves when a store's [`Store::change_notifications`] signal a commit by any process; never, when there
+/// is no such signal (so in a `select!` beside a poll, the poll is all that is left).
+pub async fn wait_for_commit(notifications: &mut Option<watch::Receiver<u64>>) {
+    if let Some(receiver) = notifications
+        && receiver.changed().await.is_ok()
+    {
+        return;
+    }
+    // The store stopped signalling (it is being dropped): an ended receiver would resolve at once on every turn.
+    *notifications = None;
+    std::future::pending().await
 }
 
 /// `url` with the password of its `user:password@` part masked, for logs.
@@ -138,9 +158,9 @@ pub fn redact_password(url: &str) -> String {
 /// Fails with [`StoreError::UnsupportedUrl`] for any other scheme, and as the backend's `open` does otherwise.
 pub async fn open(url: &str, options: StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::open(url, options.change_log_window).await?))
+        Ok(Arc::new(SqliteStore::open(url, options).await?))
     } else if is_postgres_url(url) {
-        Ok(Arc::new(PostgresStore::open(url, options.change_log_window, options.max_connections).await?))
+        Ok(Arc::new(PostgresStore::open(url, options).await?))
     } else {
         Err(StoreError::UnsupportedUrl(url.to_owned()))
     }
@@ -181,6 +201,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks that the database answers, within `timeout`.
     async fn ping(&self, timeout: Duration) -> Result<(), StoreError>;
+
+    /// The last revision the outbox relay published (acknowledged by JetStream); 0 before the first.
+    async fn published_revision(&self) -> Result<i64, StoreError>;
+
+    /// Records that every change up to `revision` was published. The mark never moves back.
+    async fn mark_published(&self, revision: i64) -> Result<(), StoreError>;
+
+    /// Tries to become the one relay among the processes sharing the database; `None` while another holds the
+    /// lease.
+    async fn try_relay_lease(&self) -> Result<Option<Box<dyn RelayLease>>, StoreError>;
 
     /// A signal that changes whenever any process sharing the database may have committed a change, for the
     /// change feed to read the log after its last revision. The value itself means nothing; a change may

@@ -37,23 +37,32 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::conditions::{Dialect, push_conditions};
+use super::lease::{AdvisoryLease, RelayLease};
 use super::listener::{self, CHANNEL};
 use super::stored::{
     CHANGE_COLUMNS, StoredUser, USER_COLUMNS, audited, change_from_row, is_unique_violation, now_micros_as_nanos,
     roles_to_json,
 };
-use super::{Change, ChangeKind, NewUser, Snapshot, Store, StoreError, User, UserPatch};
+use super::{Change, ChangeKind, NewUser, Snapshot, Store, StoreError, StoreOptions, User, UserPatch};
 use crate::proto::user::UserStatus;
 use crate::user_service::filter::{Filter, fold};
 
 /// Read-only, and one snapshot for every statement: the revision and the rows read with it agree.
 const BEGIN_CONSISTENT_READ: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY";
 
+const PRUNE: &str = "DELETE FROM user_changes WHERE revision <= $1";
+const PRUNE_PUBLISHED: &str =
+    "DELETE FROM user_changes WHERE revision <= LEAST($1, (SELECT published FROM relay_mark))";
+
 /// PostgreSQL-backed [`Store`].
 pub struct PostgresStore {
     pool: PgPool,
+    /// For sessions of their own: the relay lease's.
+    options: PgConnectOptions,
     /// How many change-log entries are kept for `since_revision` resumes.
     change_log_window: i64,
+    /// The pruning statement: with a relay, it also keeps what was not published yet.
+    prune: &'static str,
     /// Bumped whenever any process may have committed a change.
     notifications: watch::Receiver<u64>,
     listener: JoinHandle<()>,
@@ -72,13 +81,21 @@ impl PostgresStore {
     /// processes' commits.
     ///
     /// Fails when the URL is malformed, the server cannot be reached or refuses the login, or a migration fails.
-    pub async fn open(url: &str, change_log_window: u32, max_connections: u32) -> Result<Self, StoreError> {
+    pub async fn open(url: &str, store: StoreOptions) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)?.application_name("portico");
-        let pool = PgPoolOptions::new().max_connections(max_connections.max(1)).connect_with(options.clone()).await?;
+        let pool =
+            PgPoolOptions::new().max_connections(store.max_connections.max(1)).connect_with(options.clone()).await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         let (wake, notifications) = watch::channel(0);
-        let listener = tokio::spawn(listener::run(options.application_name(listener::APPLICATION_NAME), wake));
-        Ok(Self { pool, change_log_window: i64::from(change_log_window.max(1)), notifications, listener })
+        let listener = tokio::spawn(listener::run(options.clone().application_name(listener::APPLICATION_NAME), wake));
+        Ok(Self {
+            pool,
+            options,
+            change_log_window: i64::from(store.change_log_window.max(1)),
+            prune: if store.retain_unpublished { PRUNE_PUBLISHED } else { PRUNE },
+            notifications,
+            listener,
+        })
     }
 
     /// Starts a writing transaction holding the revision counter's lock (see the module comment).
@@ -127,10 +144,7 @@ impl PostgresStore {
         .bind(previous.map(|p| p.status))
         .execute(&mut **tx)
         .await?;
-        sqlx::query("DELETE FROM user_changes WHERE revision <= $1")
-            .bind(revision - self.change_log_window)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(self.prune).bind(revision - self.change_log_window).execute(&mut **tx).await?;
         Ok(revision)
     }
 
@@ -287,6 +301,24 @@ impl Store for PostgresStore {
         .await?;
         tx.commit().await?;
         rows.iter().map(change_from_row).collect()
+    }
+
+    async fn published_revision(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT published FROM relay_mark").fetch_one(&self.pool).await?)
+    }
+
+    async fn mark_published(&self, revision: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE relay_mark SET published = $1 WHERE published < $1")
+            .bind(revision)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn try_relay_lease(&self) -> Result<Option<Box<dyn RelayLease>>, StoreError> {
+        let options = self.options.clone().application_name("portico-relay");
+        let lease = AdvisoryLease::try_take(&options).await?;
+        Ok(lease.map(|lease| Box::new(lease) as Box<dyn RelayLease>))
     }
 
     async fn ping(&self, timeout: Duration) -> Result<(), StoreError> {

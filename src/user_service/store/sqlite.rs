@@ -5,6 +5,7 @@
 //! its lock (SQLITE_BUSY_SNAPSHOT), even when other processes share the file. Reads use a pool of read-only
 //! connections, which WAL lets run concurrently with the writer.
 
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -12,11 +13,12 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
 
 use super::conditions::{Dialect, push_conditions};
+use super::lease::{FileLease, RelayLease};
 use super::stored::{
     CHANGE_COLUMNS, StoredUser, USER_COLUMNS, audited, change_from_row, is_unique_violation, now_micros_as_nanos,
     roles_to_json,
 };
-use super::{Change, ChangeKind, NewUser, Snapshot, Store, StoreError, User, UserPatch};
+use super::{Change, ChangeKind, NewUser, Snapshot, Store, StoreError, StoreOptions, User, UserPatch};
 use crate::proto::user::UserStatus;
 use crate::user_service::filter::{Filter, fold};
 
@@ -25,6 +27,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read connections; WAL readers do not block each other or the writer.
 const READ_CONNECTIONS: u32 = 4;
 
+const PRUNE: &str = "DELETE FROM user_changes WHERE revision <= ?";
+const PRUNE_PUBLISHED: &str = "DELETE FROM user_changes WHERE revision <= min(?, (SELECT published FROM relay_mark))";
+
 /// SQLite-backed [`Store`].
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -32,6 +37,10 @@ pub struct SqliteStore {
     reader: SqlitePool,
     /// How many change-log entries are kept for `since_revision` resumes.
     change_log_window: i64,
+    /// The pruning statement: with a relay, it also keeps what was not published yet.
+    prune: &'static str,
+    /// The relay lease file beside the database; `None` for an in-memory database.
+    lease_path: Option<PathBuf>,
 }
 
 /// The single writer connection. Opening it sets up the file (WAL mode), and a replica doing so while another
@@ -55,9 +64,10 @@ impl SqliteStore {
     /// Opens (creating if missing) the database at `url` and applies pending migrations.
     ///
     /// Fails when the URL is malformed, the file cannot be opened or created, or a migration fails.
-    pub async fn open(url: &str, change_log_window: u32) -> Result<Self, StoreError> {
+    pub async fn open(url: &str, options: StoreOptions) -> Result<Self, StoreError> {
         let base =
             SqliteConnectOptions::from_str(url)?.create_if_missing(true).busy_timeout(BUSY_TIMEOUT).foreign_keys(true);
+        let base_path = base.get_filename().to_path_buf();
         let (writer, reader) = if is_in_memory(url) {
             // Each connection to `:memory:` would be a separate database: one connection does everything,
             // and it is never closed for idleness, which would drop the data.
@@ -87,7 +97,18 @@ impl SqliteStore {
         // though hidden from its docs, for exactly this).
         sqlx::migrate!("./migrations/sqlite").run_direct(None, &mut *migrating, false).await?;
         migrating.commit().await?;
-        Ok(Self { writer, reader, change_log_window: i64::from(change_log_window.max(1)) })
+        let lease_path = (!is_in_memory(url)).then(|| {
+            let mut path = base_path.into_os_string();
+            path.push("-relay.lock");
+            PathBuf::from(path)
+        });
+        Ok(Self {
+            writer,
+            reader,
+            change_log_window: i64::from(options.change_log_window.max(1)),
+            prune: if options.retain_unpublished { PRUNE_PUBLISHED } else { PRUNE },
+            lease_path,
+        })
     }
 
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
@@ -120,10 +141,7 @@ impl SqliteStore {
         .bind(previous.map(|p| p.status))
         .fetch_one(&mut **tx)
         .await?;
-        sqlx::query("DELETE FROM user_changes WHERE revision <= ?")
-            .bind(revision - self.change_log_window)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(self.prune).bind(revision - self.change_log_window).execute(&mut **tx).await?;
         Ok(revision)
     }
 
@@ -281,6 +299,24 @@ impl Store for SqliteStore {
         .await?;
         tx.commit().await?;
         rows.iter().map(change_from_row).collect()
+    }
+
+    async fn published_revision(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT published FROM relay_mark").fetch_one(&self.reader).await?)
+    }
+
+    async fn mark_published(&self, revision: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE relay_mark SET published = ? WHERE published < ?")
+            .bind(revision)
+            .bind(revision)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn try_relay_lease(&self) -> Result<Option<Box<dyn RelayLease>>, StoreError> {
+        let lease = FileLease::try_take(self.lease_path.as_deref()).map_err(StoreError::LeaseFile)?;
+        Ok(lease.map(|lease| Box::new(lease) as Box<dyn RelayLease>))
     }
 
     async fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
