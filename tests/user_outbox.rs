@@ -191,6 +191,36 @@ async fn another_replica_takes_over_when_the_relay_stops(backend: Backend) -> Te
     Ok(())
 }
 
+/// PostgreSQL only: when the session holding the advisory lock dies, the relay notices, stops, takes the lease
+/// again and goes on where the mark says, with nothing lost or repeated.
+#[tokio::test]
+async fn a_relay_whose_lease_session_dies_takes_the_lease_again() -> TestResult {
+    use sqlx::Connection;
+    let nats = NatsServer::start().await;
+    let nats_url = nats.url.clone();
+    let server = start_with(Backend::Postgres, |config| config.nats_url = Some(nats_url)).await;
+    let mut client = server.client().await;
+    create(&mut client, "Ada", "ada@example.com").await;
+    let store = open(&server.storage).await?;
+    mark_reaches(store.as_ref(), 1).await?;
+
+    let mut admin = sqlx::PgConnection::connect(&server.storage.url()).await?;
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = 'portico-relay'",
+    )
+    .fetch_all(&mut admin)
+    .await?;
+    assert_eq!(killed, [true], "one relay session held the lease");
+    create(&mut client, "Grace", "grace@example.com").await;
+    create(&mut client, "Edsger", "edsger@example.com").await;
+    mark_reaches(store.as_ref(), 3).await?;
+    let published = read_stream(&nats.url, 3).await?;
+    let ids: Vec<&str> = published.iter().map(|message| message.message_id.as_str()).collect();
+    assert_eq!(ids, ["1", "2", "3"]);
+    Ok(())
+}
+
 #[tokio::test]
 async fn events_tail_prints_the_stream_as_json_lines() -> TestResult {
     let nats = NatsServer::start().await;
