@@ -23,7 +23,7 @@ use tonic::Status;
 use crate::proto::user::{UserEvent, UserEventType};
 use crate::user_service::error::ServiceError;
 use crate::user_service::filter::Filter;
-use crate::user_service::store::{Change, Store, StoreError, wait_for_commit};
+use crate::user_service::store::{Change, Store, StoreError, poll_interval, wait_for_commit};
 
 /// Sizes and timings of the feed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,10 +38,6 @@ pub struct FeedConfig {
     /// Change-log rows read per query.
     pub page_size: u32,
 }
-
-/// The shortest poll when the store notifies: then polling only guards against a notification lost in a way the
-/// listener could not notice.
-const NOTIFIED_POLL_INTERVAL: Duration = Duration::from_secs(30);
 
 impl Default for FeedConfig {
     fn default() -> Self {
@@ -87,10 +83,7 @@ impl ChangeFeed {
 
     async fn tail(self: Arc<Self>, mut last: i64) {
         let mut notifications = self.store.change_notifications();
-        let poll_interval = match notifications {
-            Some(_) => self.config.poll_interval.max(NOTIFIED_POLL_INTERVAL),
-            None => self.config.poll_interval,
-        };
+        let poll_interval = poll_interval(notifications.as_ref(), self.config.poll_interval);
         loop {
             tokio::select! {
                 () = self.shutdown.cancelled() => return,

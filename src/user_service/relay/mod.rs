@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 pub use cloudevent::{CloudEvent, SOURCE, SUBJECTS, subject};
 pub use tail::{TailError, tail};
 
-use crate::user_service::store::{Store, StoreError, wait_for_commit};
+use crate::user_service::store::{Store, StoreError, poll_interval, wait_for_commit};
 
 /// The JetStream stream that holds the user events.
 pub const STREAM: &str = "USERS";
@@ -38,8 +38,6 @@ const RETRY: Duration = Duration::from_secs(2);
 const PAGE: u32 = 500;
 /// How long one publish may wait for its acknowledgement.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
-/// With a store that notifies commits, polling is only a safety net.
-const NOTIFIED_POLL_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Where and how often the relay publishes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,10 +101,7 @@ async fn lead(store: &dyn Store, config: &RelayConfig) -> Result<(), RelayError>
         })
         .await?;
     let mut notifications = store.change_notifications();
-    let poll_interval = match notifications {
-        Some(_) => config.poll_interval.max(NOTIFIED_POLL_INTERVAL),
-        None => config.poll_interval,
-    };
+    let poll_interval = poll_interval(notifications.as_ref(), config.poll_interval);
     let mut published = store.published_revision().await?;
     tracing::info!(published, "outbox relay holds the lease; publishing");
     loop {

@@ -128,6 +128,18 @@ pub fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
+/// With change notifications, polling only guards against one lost in a way the listener could not notice.
+const NOTIFIED_POLL_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How often a reader of the change log polls for other processes' commits: `configured` when the store
+/// cannot notify them, and at most every 30 s as a safety net when it can.
+pub fn poll_interval(notifications: Option<&watch::Receiver<u64>>, configured: Duration) -> Duration {
+    match notifications {
+        Some(_) => configured.max(NOTIFIED_POLL_INTERVAL),
+        None => configured,
+    }
+}
+
 /// Resolves when a store's [`Store::change_notifications`] signal a commit by any process; never, when there
 /// is no such signal (so in a `select!` beside a poll, the poll is all that is left).
 pub async fn wait_for_commit(notifications: &mut Option<watch::Receiver<u64>>) {
