@@ -22,6 +22,7 @@ use crate::upstream::retry::{Backoff, RetryBudgetConfig, RetryPolicy};
 use crate::upstream::{PoolConfig, RetryConfig, UpstreamConfig};
 use crate::user_service::FeedConfig;
 use crate::user_service::password::HashCost;
+use crate::user_service::store::is_postgres_url;
 
 /// Portico: a REST-to-gRPC gateway and the UserService behind it.
 #[derive(Debug, Parser)]
@@ -49,6 +50,33 @@ pub enum Command {
     Openapi,
     /// Probe an HTTP health endpoint; exit 0 when it answers 200 (for container HEALTHCHECKs).
     Healthcheck(HealthcheckArgs),
+    /// Read the user events the outbox relay published to NATS JetStream.
+    Events(EventsArgs),
+}
+
+/// `portico events …`.
+#[derive(Debug, Clone, Args)]
+pub struct EventsArgs {
+    #[command(subcommand)]
+    pub command: EventsCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum EventsCommand {
+    /// Print every event in the stream as one CloudEvents JSON line, oldest first, then follow new ones.
+    Tail(EventsTailArgs),
+}
+
+/// Flags of `portico events tail`.
+#[derive(Debug, Clone, Args)]
+pub struct EventsTailArgs {
+    /// The NATS server the relay publishes to.
+    #[arg(long, env = "PORTICO_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// Stop after this many events (default: follow until interrupted).
+    #[arg(long)]
+    pub limit: Option<u64>,
 }
 
 /// Flags of `portico healthcheck`.
@@ -401,9 +429,18 @@ pub struct UserServiceArgs {
 /// UserService settings shared by `serve` and `user-service`.
 #[derive(Debug, Clone, Args)]
 pub struct UserServiceOptions {
-    /// Database: a SQLite URL (`sqlite://portico.db`, `sqlite::memory:`) or a plain file path.
+    /// Database: a SQLite URL (`sqlite://portico.db`, `sqlite::memory:`), a plain file path, or a PostgreSQL
+    /// URL (`postgres://user@host:5432/db?sslmode=require`).
     #[arg(long, env = "PORTICO_DB", default_value = "portico.db")]
     pub db: String,
+
+    /// NATS server with JetStream (`nats://host:4222`): publish every change there, through the outbox relay.
+    #[arg(long, env = "PORTICO_NATS_URL")]
+    pub nats_url: Option<String>,
+
+    /// PostgreSQL connection pool size per process (SQLite ignores it).
+    #[arg(long, env = "PORTICO_DB_MAX_CONNECTIONS", default_value_t = UserServiceConfig::DEFAULT_DB_MAX_CONNECTIONS)]
+    pub db_max_connections: u32,
 
     /// Changes kept in the change log for WatchUsers' since_revision resumes.
     #[arg(long, env = "PORTICO_CHANGE_LOG_WINDOW", default_value_t = UserServiceConfig::DEFAULT_CHANGE_LOG_WINDOW)]
@@ -413,7 +450,8 @@ pub struct UserServiceOptions {
     #[arg(long, env = "PORTICO_WATCH_BUFFER", default_value_t = FeedConfig::default().broadcast_capacity)]
     pub watch_buffer: usize,
 
-    /// How often to look for changes committed by other processes sharing the database.
+    /// How often to look for changes committed by other processes sharing the database (on PostgreSQL, where
+    /// commits are notified, only a safety net: at least 30s).
     #[arg(long, env = "PORTICO_WATCH_POLL_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
     pub watch_poll_interval: Duration,
 
@@ -455,6 +493,10 @@ impl ServeArgs {
 #[derive(Debug, Clone, PartialEq)]
 pub struct UserServiceConfig {
     pub database_url: String,
+    /// PostgreSQL's pool size.
+    pub db_max_connections: u32,
+    /// Where the outbox relay publishes; `None`: no relay.
+    pub nats_url: Option<String>,
     pub change_log_window: u32,
     pub feed: FeedConfig,
     pub password_hash_cost: HashCost,
@@ -474,11 +516,14 @@ pub struct ConfigError {
 
 impl UserServiceConfig {
     pub const DEFAULT_CHANGE_LOG_WINDOW: u32 = 10_000;
+    pub const DEFAULT_DB_MAX_CONNECTIONS: u32 = 10;
 
     /// Defaults, for a database URL: what the flags give when only `--db` is set.
     pub fn new(database_url: impl Into<String>) -> Self {
         Self {
             database_url: database_url.into(),
+            db_max_connections: Self::DEFAULT_DB_MAX_CONNECTIONS,
+            nats_url: None,
             change_log_window: Self::DEFAULT_CHANGE_LOG_WINDOW,
             feed: FeedConfig::default(),
             password_hash_cost: HashCost::default(),
@@ -490,13 +535,14 @@ impl UserServiceConfig {
 
     /// Checks the settings that flags' types cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !self.database_url.starts_with("sqlite:") {
+        if !self.database_url.starts_with("sqlite:") && !is_postgres_url(&self.database_url) {
             return Err(ConfigError {
                 flag: "db",
-                reason: format!("{:?} is not a SQLite URL or file path", self.database_url),
+                reason: format!("{:?} is not a SQLite URL, file path or PostgreSQL URL", self.database_url),
             });
         }
         let positive = [
+            ("db-max-connections", self.db_max_connections as usize),
             ("change-log-window", self.change_log_window as usize),
             ("watch-buffer", self.feed.broadcast_capacity),
             ("password-hash-iterations", self.password_hash_cost.iterations as usize),
@@ -526,6 +572,8 @@ impl TryFrom<&UserServiceOptions> for UserServiceConfig {
     fn try_from(args: &UserServiceOptions) -> Result<Self, ConfigError> {
         let config = Self {
             database_url: database_url(&args.db),
+            db_max_connections: args.db_max_connections,
+            nats_url: args.nats_url.clone(),
             change_log_window: args.change_log_window,
             feed: FeedConfig {
                 broadcast_capacity: args.watch_buffer,
@@ -614,8 +662,13 @@ mod tests {
 
     #[test]
     fn validation_names_the_flag() {
-        let mut config = UserServiceConfig::new("postgres://localhost/test");
+        let mut config = UserServiceConfig::new("mysql://localhost/test");
         assert_eq!(config.validate().map_err(|e| e.flag).err(), Some("db"));
+        config.database_url = "postgres://localhost/test?sslmode=require".into();
+        assert!(config.validate().is_ok());
+        config.db_max_connections = 0;
+        assert_eq!(config.validate().map_err(|e| e.flag).err(), Some("db-max-connections"));
+        config.db_max_connections = 1;
         config.database_url = "sqlite::memory:".into();
         assert!(config.validate().is_ok());
         config.change_log_window = 0;

@@ -6,7 +6,10 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use portico::config::{Cli, Command, GatewayArgs, HealthcheckArgs, ServeArgs, UserServiceArgs, UserServiceConfig};
+use portico::config::{
+    Cli, Command, EventsCommand, EventsTailArgs, GatewayArgs, HealthcheckArgs, ServeArgs, UserServiceArgs,
+    UserServiceConfig,
+};
 use portico::proto::DESCRIPTOR_POOL;
 use portico::{gateway, telemetry, user_service};
 
@@ -35,6 +38,9 @@ async fn run(command: Command) -> Result<(), BoxError> {
         Command::Gateway(args) => run_gateway(args, shutdown).await,
         Command::UserService(args) => run_user_service(args, shutdown).await,
         Command::Healthcheck(args) => healthcheck(&args).await,
+        Command::Events(args) => match args.command {
+            EventsCommand::Tail(args) => tail_events(&args, shutdown).await,
+        },
         Command::Openapi => {
             print!("{}", gateway::openapi::document_json(&gateway::rules::RouteTable::from_pool(&DESCRIPTOR_POOL)?)?);
             Ok(())
@@ -45,7 +51,7 @@ async fn run(command: Command) -> Result<(), BoxError> {
 async fn run_user_service(args: UserServiceArgs, shutdown: CancellationToken) -> Result<(), BoxError> {
     let config = UserServiceConfig::try_from(&args.options)?;
     let listener = bind(args.listen).await?;
-    tracing::info!(addr = %listener.local_addr()?, db = %config.database_url, "user service listening");
+    tracing::info!(addr = %listener.local_addr()?, db = %user_service::store::redact_password(&config.database_url), "user service listening");
     user_service::serve(&config, listener, shutdown).await?;
     tracing::info!("user service stopped");
     Ok(())
@@ -73,7 +79,7 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<(), BoxEr
     let http_listener = bind(args.listen).await?;
     let started = gateway::start(&DESCRIPTOR_POOL, gateway_config.clone(), shutdown.clone()).await?;
     serve_admin(args.gateway.admin_listen, started.admin, &shutdown).await?;
-    tracing::info!(addr = %grpc_addr, db = %user_config.database_url, "user service listening");
+    tracing::info!(addr = %grpc_addr, db = %user_service::store::redact_password(&user_config.database_url), "user service listening");
     tracing::info!(addr = %http_listener.local_addr()?, "gateway listening");
 
     let user_service = tokio::spawn({
@@ -108,6 +114,14 @@ async fn serve_admin(
 
 /// One plain HTTP/1.1 GET; Ok when the answer's status is 200. Small on purpose: container images need no
 /// curl for their HEALTHCHECK.
+async fn tail_events(args: &EventsTailArgs, shutdown: CancellationToken) -> Result<(), BoxError> {
+    let mut out = std::io::stdout();
+    tokio::select! {
+        result = user_service::relay::tail(&args.nats_url, args.limit, &mut out) => Ok(result?),
+        () = shutdown.cancelled() => Ok(()),
+    }
+}
+
 async fn healthcheck(args: &HealthcheckArgs) -> Result<(), BoxError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let uri: http::Uri = args.url.parse()?;

@@ -308,8 +308,13 @@ async fn headers_become_metadata_and_deadlines_are_enforced() -> TestResult {
 
 #[tokio::test]
 async fn readyz_says_not_ready_when_the_upstream_is_down() -> TestResult {
-    let gateway = start_gateway().await;
+    let mut gateway = start_gateway().await;
     gateway.upstream.shutdown.cancel();
+    // Health turns NOT_SERVING at once, but calls already on their way may still be served while the
+    // UserService drains: wait until it has stopped before asking for a user.
+    if let Some(stopped) = gateway.upstream.handle.take() {
+        let _ = stopped.await;
+    }
     let mut status = 0;
     for _ in 0..50 {
         status = get(gateway.addr, "/readyz").await?.status.as_u16();

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Client, TestResult, create, create_request, start, violations};
+use common::{Backend, Client, TestResult, create, create_request, start_on, violations};
 use portico::proto::user::{CreateUserRequest, ListUsersRequest};
 use tonic::Code;
 
@@ -10,9 +10,8 @@ async fn count(client: &mut Client) -> Result<i32, tonic::Status> {
     Ok(client.list_users(ListUsersRequest::default()).await?.into_inner().total_count)
 }
 
-#[tokio::test]
-async fn creates_every_item_in_order() -> TestResult {
-    let server = start().await;
+async fn creates_every_item_in_order(backend: Backend) -> TestResult {
+    let server = start_on(backend).await;
     let mut client = server.client().await;
     let requests = vec![
         create_request("Ada", "ada@example.com"),
@@ -31,9 +30,8 @@ async fn creates_every_item_in_order() -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
-async fn an_invalid_item_stores_nothing_and_is_named_by_index() -> TestResult {
-    let server = start().await;
+async fn an_invalid_item_stores_nothing_and_is_named_by_index(backend: Backend) -> TestResult {
+    let server = start_on(backend).await;
     let mut client = server.client().await;
     let requests = vec![
         create_request("Ada", "ada@example.com"),
@@ -55,9 +53,8 @@ async fn an_invalid_item_stores_nothing_and_is_named_by_index() -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
-async fn an_email_clash_with_a_stored_user_rolls_back_the_whole_batch() -> TestResult {
-    let server = start().await;
+async fn an_email_clash_with_a_stored_user_rolls_back_the_whole_batch(backend: Backend) -> TestResult {
+    let server = start_on(backend).await;
     let mut client = server.client().await;
     create(&mut client, "Existing", "taken@example.com").await;
     let requests = vec![
@@ -73,9 +70,8 @@ async fn an_email_clash_with_a_stored_user_rolls_back_the_whole_batch() -> TestR
     Ok(())
 }
 
-#[tokio::test]
-async fn more_than_1000_items_are_refused_and_nothing_is_stored() -> TestResult {
-    let server = start().await;
+async fn more_than_1000_items_are_refused_and_nothing_is_stored(backend: Backend) -> TestResult {
+    let server = start_on(backend).await;
     let mut client = server.client().await;
     let requests: Vec<_> = (0..1001).map(|i| create_request("U", &format!("u{i}@example.com"))).collect();
     let status = client.batch_create_users(futures::stream::iter(requests)).await.expect_err("too many");
@@ -88,3 +84,10 @@ async fn more_than_1000_items_are_refused_and_nothing_is_stored() -> TestResult 
     assert_eq!(users.len(), 1000, "exactly 1000 is allowed");
     Ok(())
 }
+
+per_backend!(
+    creates_every_item_in_order,
+    an_invalid_item_stores_nothing_and_is_named_by_index,
+    an_email_clash_with_a_stored_user_rolls_back_the_whole_batch,
+    more_than_1000_items_are_refused_and_nothing_is_stored,
+);

@@ -4,14 +4,13 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{TestResult, create_request, start};
+use common::{Backend, TestResult, create_request, start_on};
 use portico::proto::user::{DeleteUserRequest, ListUsersRequest, UpdateUserRequest, User};
 use tonic::Code;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_writers_lose_nothing_and_never_duplicate() -> TestResult {
+async fn concurrent_writers_lose_nothing_and_never_duplicate(backend: Backend) -> TestResult {
     const TASKS: usize = 300;
-    let server = start().await;
+    let server = start_on(backend).await;
     let mut client = server.client().await;
 
     // Every task creates its own user, and also races all others for a few shared emails.
@@ -65,3 +64,8 @@ async fn concurrent_writers_lose_nothing_and_never_duplicate() -> TestResult {
     assert_eq!(emails.len(), listed.users.len(), "no duplicate emails");
     Ok(())
 }
+
+per_backend!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    concurrent_writers_lose_nothing_and_never_duplicate,
+);

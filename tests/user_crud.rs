@@ -2,13 +2,12 @@
 
 mod common;
 
-use common::{TestResult, create, create_request, start, violations};
+use common::{Backend, TestResult, create, create_request, start_on, violations};
 use portico::proto::user::{CreateUserRequest, DeleteUserRequest, GetUserRequest, UpdateUserRequest, User, UserStatus};
 use tonic::Code;
 
-#[tokio::test]
-async fn create_then_get_returns_the_stored_user_without_the_password() -> TestResult {
-    let server = start().await;
+async fn create_then_get_returns_the_stored_user_without_the_password(backend: Backend) -> TestResult {
+    let server = start_on(backend).await;
     let mut client = server.client().await;
     let request = CreateUserRequest {
         roles: vec!["admin".into(), "ops".into()],
@@ -31,9 +30,8 @@ async fn create_then_get_returns_the_stored_user_without_the_password() -> TestR
     Ok(())
 }
 
-#[tokio::test]
-async fn create_rejects_invalid_input_with_field_violations() -> TestResult {
-    let server = start().await;
+async fn create_rejects_invalid_input_with_field_violations(backend: Backend) -> TestResult {
+    let server = start_on(backend).await;
     let mut client = server.client().await;
     let cases: Vec<(CreateUserRequest, &[&str])> = vec![
         (CreateUserRequest { name: String::new(), ..create_request("", "a@example.com") }, &["name"]),
@@ -64,9 +62,8 @@ async fn create_rejects_invalid_input_with_field_violations() -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
-async fn emails_are_unique_regardless_of_case_on_create_and_update() -> TestResult {
-    let server = start().await;
+async fn emails_are_unique_regardless_of_case_on_create_and_update(backend: Backend) -> TestResult {
+    let server = start_on(backend).await;
     let mut client = server.client().await;
     let ada = create(&mut client, "Ada", "ada@example.com").await;
     let status = client.create_user(create_request("Other Ada", "ADA@example.COM")).await.expect_err("clash");
@@ -92,9 +89,8 @@ async fn emails_are_unique_regardless_of_case_on_create_and_update() -> TestResu
     Ok(())
 }
 
-#[tokio::test]
-async fn ids_must_be_positive_and_exist() -> TestResult {
-    let server = start().await;
+async fn ids_must_be_positive_and_exist(backend: Backend) -> TestResult {
+    let server = start_on(backend).await;
     let mut client = server.client().await;
     for id in [0, -1, i64::MIN] {
         let status = client.get_user(GetUserRequest { id }).await.expect_err("bad id");
@@ -114,9 +110,8 @@ async fn ids_must_be_positive_and_exist() -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
-async fn update_changes_only_masked_or_populated_fields() -> TestResult {
-    let server = start().await;
+async fn update_changes_only_masked_or_populated_fields(backend: Backend) -> TestResult {
+    let server = start_on(backend).await;
     let mut client = server.client().await;
     let request = CreateUserRequest { roles: vec!["admin".into()], ..create_request("Ada", "ada@example.com") };
     let ada = client.create_user(request).await?.into_inner();
@@ -178,9 +173,8 @@ async fn update_changes_only_masked_or_populated_fields() -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
-async fn delete_removes_the_user_and_its_id_is_never_reused() -> TestResult {
-    let server = start().await;
+async fn delete_removes_the_user_and_its_id_is_never_reused(backend: Backend) -> TestResult {
+    let server = start_on(backend).await;
     let mut client = server.client().await;
     let ada = create(&mut client, "Ada", "ada@example.com").await;
     client.delete_user(DeleteUserRequest { id: ada.id }).await?;
@@ -194,7 +188,7 @@ async fn delete_removes_the_user_and_its_id_is_never_reused() -> TestResult {
 
 #[tokio::test]
 async fn an_in_memory_database_works_too() -> TestResult {
-    let server = common::start_with(|config| config.database_url = "sqlite::memory:".into()).await;
+    let server = common::start_with(Backend::Sqlite, |config| config.database_url = "sqlite::memory:".into()).await;
     let mut client = server.client().await;
     let ada = create(&mut client, "Ada", "ada@example.com").await;
     let fetched = client.get_user(GetUserRequest { id: ada.id }).await?.into_inner().user;
@@ -202,23 +196,27 @@ async fn an_in_memory_database_works_too() -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
-async fn passwords_are_stored_only_as_argon2id_hashes() -> TestResult {
-    use sqlx::Connection;
-    let server = start().await;
+async fn passwords_are_stored_only_as_argon2id_hashes(backend: Backend) -> TestResult {
+    let server = start_on(backend).await;
     let mut client = server.client().await;
     let request =
         CreateUserRequest { password: "Plaintext-Canary-42".into(), ..create_request("Ada", "ada@example.com") };
-    let ada = client.create_user(request).await?.into_inner();
+    client.create_user(request).await?;
 
-    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=ro", server.db_path.display())).await?;
-    let hash: String =
-        sqlx::query_scalar("SELECT password_hash FROM users WHERE id = ?").bind(ada.id).fetch_one(&mut db).await?;
-    assert!(hash.starts_with("$argon2id$v=19$"), "{hash}");
-    let dump: Vec<String> =
-        sqlx::query_scalar("SELECT quote(users.password_hash) || name || email || roles FROM users")
-            .fetch_all(&mut db)
-            .await?;
+    let hashes = server.storage.password_hashes().await?;
+    assert_eq!(hashes.len(), 1);
+    assert!(hashes.iter().all(|hash| hash.starts_with("$argon2id$v=19$")), "{hashes:?}");
+    let dump = server.storage.user_rows_as_text().await?;
     assert!(dump.iter().all(|row| !row.contains("Plaintext-Canary-42")));
     Ok(())
 }
+
+per_backend!(
+    create_then_get_returns_the_stored_user_without_the_password,
+    create_rejects_invalid_input_with_field_violations,
+    emails_are_unique_regardless_of_case_on_create_and_update,
+    ids_must_be_positive_and_exist,
+    update_changes_only_masked_or_populated_fields,
+    delete_removes_the_user_and_its_id_is_never_reused,
+    passwords_are_stored_only_as_argon2id_hashes,
+);

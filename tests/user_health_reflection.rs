@@ -2,15 +2,14 @@
 
 mod common;
 
-use common::{TestResult, start};
+use common::{Backend, TestResult, start_on};
 use tokio_stream::StreamExt;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-#[tokio::test]
-async fn health_reports_serving_for_the_server_and_the_service() -> TestResult {
-    let server = start().await;
+async fn health_reports_serving_for_the_server_and_the_service(backend: Backend) -> TestResult {
+    let server = start_on(backend).await;
     let _ = server.client().await; // waits until the server is up
     let mut health = HealthClient::new(server.endpoint().connect().await?);
     for service in ["", "user.UserService"] {
@@ -40,12 +39,11 @@ async fn health_reports_serving_for_the_server_and_the_service() -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
-async fn reflection_v1_and_v1alpha_list_and_describe_the_service() -> TestResult {
+async fn reflection_v1_and_v1alpha_list_and_describe_the_service(backend: Backend) -> TestResult {
     use tonic_reflection::pb::v1;
     use tonic_reflection::pb::v1alpha;
 
-    let server = start().await;
+    let server = start_on(backend).await;
     let _ = server.client().await;
     let channel = server.endpoint().connect().await?;
 
@@ -100,3 +98,8 @@ async fn reflection_v1_and_v1alpha_list_and_describe_the_service() -> TestResult
     ));
     Ok(())
 }
+
+per_backend!(
+    health_reports_serving_for_the_server_and_the_service,
+    reflection_v1_and_v1alpha_list_and_describe_the_service,
+);

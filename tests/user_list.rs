@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Client, TestResult, create, create_request, start, violations};
+use common::{Backend, Client, TestResult, create, create_request, start_on, violations};
 use portico::proto::user::{
     CreateUserRequest, DeleteUserRequest, ListUsersRequest, ListUsersResponse, UpdateUserRequest, User, UserStatus,
 };
@@ -34,9 +34,8 @@ async fn list_all(client: &mut Client, page_size: i32, filter: &str) -> Result<V
     }
 }
 
-#[tokio::test]
-async fn pages_follow_id_order_with_defaults_and_clamping() -> TestResult {
-    let server = start().await;
+async fn pages_follow_id_order_with_defaults_and_clamping(backend: Backend) -> TestResult {
+    let server = start_on(backend).await;
     let mut client = server.client().await;
     let requests: Vec<_> =
         (0..1_105).map(|i| create_request(&format!("User {i}"), &format!("user{i}@example.com"))).collect();
@@ -69,9 +68,8 @@ async fn pages_follow_id_order_with_defaults_and_clamping() -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
-async fn bad_page_arguments_are_invalid_argument() -> TestResult {
-    let server = start().await;
+async fn bad_page_arguments_are_invalid_argument(backend: Backend) -> TestResult {
+    let server = start_on(backend).await;
     let mut client = server.client().await;
     for _ in 0..3 {
         create(&mut client, "A", &format!("a{}@example.com", rand_suffix())).await;
@@ -98,9 +96,8 @@ fn rand_suffix() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default()
 }
 
-#[tokio::test]
-async fn filters_select_users_and_count_them() -> TestResult {
-    let server = start().await;
+async fn filters_select_users_and_count_them(backend: Backend) -> TestResult {
+    let server = start_on(backend).await;
     let mut client = server.client().await;
     let people = [
         ("Ada Lovelace", "ada@example.com", vec!["admin", "math"]),
@@ -159,9 +156,8 @@ async fn filters_select_users_and_count_them() -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
-async fn paging_stays_correct_while_users_are_inserted_and_deleted() -> TestResult {
-    let server = start().await;
+async fn paging_stays_correct_while_users_are_inserted_and_deleted(backend: Backend) -> TestResult {
+    let server = start_on(backend).await;
     let mut client = server.client().await;
     let requests: Vec<_> = (0..400).map(|i| create_request("Stable", &format!("stable{i}@example.com"))).collect();
     let stable: BTreeSet<i64> = client
@@ -209,10 +205,9 @@ async fn paging_stays_correct_while_users_are_inserted_and_deleted() -> TestResu
 }
 
 /// ListUsers filters in SQL, WatchUsers in memory: both must select the same users.
-#[tokio::test]
-async fn sql_and_in_memory_filtering_agree() -> TestResult {
+async fn sql_and_in_memory_filtering_agree(backend: Backend) -> TestResult {
     use portico::user_service::filter::Filter;
-    let server = start().await;
+    let server = start_on(backend).await;
     let mut client = server.client().await;
     let names = ["Ada", "ada", "ÅDA Ås", "Grace Hopper", "Ünïcode Üser", "Percent % Under_score"];
     let roles = [vec![], vec!["admin"], vec!["admin", "ops"], vec!["ops"]];
@@ -259,3 +254,11 @@ async fn sql_and_in_memory_filtering_agree() -> TestResult {
     }
     Ok(())
 }
+
+per_backend!(
+    pages_follow_id_order_with_defaults_and_clamping,
+    bad_page_arguments_are_invalid_argument,
+    filters_select_users_and_count_them,
+    paging_stays_correct_while_users_are_inserted_and_deleted,
+    sql_and_in_memory_filtering_agree,
+);

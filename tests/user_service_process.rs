@@ -3,10 +3,10 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::process::{FAST_FLAGS, Process};
+use common::{Backend, TestStorage};
 
 use portico::proto::user::user_service_client::UserServiceClient;
 use portico::proto::user::{
@@ -18,10 +18,9 @@ use tonic::transport::Channel;
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
-fn user_service(db: &Path, log_level: &str) -> Result<Process, Box<dyn std::error::Error + Send + Sync>> {
-    let db = db.display().to_string();
+fn user_service(db: &str, log_level: &str) -> Result<Process, Box<dyn std::error::Error + Send + Sync>> {
     let args: Vec<&str> =
-        ["user-service", "--listen", "127.0.0.1:0", "--db", &db].into_iter().chain(FAST_FLAGS).collect();
+        ["user-service", "--listen", "127.0.0.1:0", "--db", db].into_iter().chain(FAST_FLAGS).collect();
     Process::start(&args, log_level)
 }
 
@@ -30,10 +29,9 @@ async fn connect(process: &Process) -> Result<UserServiceClient<Channel>, Box<dy
     Ok(UserServiceClient::new(Channel::from_shared(format!("http://{addr}"))?.connect().await?))
 }
 
-#[tokio::test]
-async fn data_survives_a_restart_and_sigterm_ends_watches_cleanly() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let db = dir.path().join("portico.db");
+async fn data_survives_a_restart_and_sigterm_ends_watches_cleanly(backend: Backend) -> TestResult {
+    let storage = TestStorage::create(backend).await;
+    let db = storage.url();
 
     let mut first = user_service(&db, "info")?;
     let mut client = connect(&first).await?;
@@ -113,14 +111,13 @@ async fn data_survives_a_restart_and_sigterm_ends_watches_cleanly() -> TestResul
     Ok(())
 }
 
-#[tokio::test]
-async fn every_call_is_logged_once_and_passwords_never_are() -> TestResult {
+async fn every_call_is_logged_once_and_passwords_never_are(backend: Backend) -> TestResult {
     const PASSWORD: &str = "Zebra-Quartz-9931";
     const SHORT_PASSWORD: &str = "Qz7-kw";
     const BATCH_PASSWORD: &str = "Batch-Walrus-5512";
-    let dir = tempfile::tempdir()?;
+    let storage = TestStorage::create(backend).await;
     // The most verbose level, for every crate: if a password were in any log line, it would be here.
-    let process = user_service(&dir.path().join("logs.db"), "trace")?;
+    let process = user_service(&storage.url(), "trace")?;
     let mut client = connect(&process).await?;
 
     let created = client
@@ -192,13 +189,11 @@ async fn every_call_is_logged_once_and_passwords_never_are() -> TestResult {
     Ok(())
 }
 
-/// Replicas sharing one database file are often started together: the first start's migrations must not race.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_started_together_on_a_new_file_all_come_up() -> TestResult {
+/// Replicas sharing one database are often started together: the first start's migrations must not race.
+async fn replicas_started_together_on_a_new_database_all_come_up(backend: Backend) -> TestResult {
     for _ in 0..5 {
-        let dir = tempfile::tempdir()?;
-        let mut config = common::test_config(&dir);
-        config.database_url = format!("sqlite://{}", dir.path().join("shared.db").display());
+        let storage = TestStorage::create(backend).await;
+        let config = common::test_config(storage.url());
         let mut servers = Vec::new();
         for _ in 0..3 {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -245,3 +240,11 @@ async fn replicas_started_together_on_a_new_file_all_come_up() -> TestResult {
     }
     Ok(())
 }
+
+// One runtime flavour for all: the replicas test needs two threads, and the others do not mind.
+per_backend!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    data_survives_a_restart_and_sigterm_ends_watches_cleanly,
+    every_call_is_logged_once_and_passwords_never_are,
+    replicas_started_together_on_a_new_database_all_come_up,
+);

@@ -5,7 +5,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Client, TestResult, create, create_request, start, start_with, violations};
+use common::{Backend, Client, TestResult, create, create_request, start_on, start_with, violations};
 use portico::proto::user::{
     CreateUserRequest, DeleteUserRequest, ListUsersRequest, UpdateUserRequest, User, UserEvent, UserEventType,
     WatchUsersRequest,
@@ -70,9 +70,10 @@ async fn churn(server: &common::TestServer, writers: usize, rounds: usize, tag: 
     Ok(())
 }
 
-#[tokio::test]
-async fn snapshot_then_live_changes_with_concurrent_writers_have_no_gap_and_no_duplicate() -> TestResult {
-    let server = start().await;
+async fn snapshot_then_live_changes_with_concurrent_writers_have_no_gap_and_no_duplicate(
+    backend: Backend,
+) -> TestResult {
+    let server = start_on(backend).await;
     let mut client = server.client().await;
     let seed: Vec<_> =
         (0..200).map(|i| create_request(&format!("Seed {i}"), &format!("seed{i}@example.com"))).collect();
@@ -134,9 +135,8 @@ async fn snapshot_then_live_changes_with_concurrent_writers_have_no_gap_and_no_d
     Ok(())
 }
 
-#[tokio::test]
-async fn since_revision_resumes_after_that_revision() -> TestResult {
-    let server = start_with(|config| config.change_log_window = 20).await;
+async fn since_revision_resumes_after_that_revision(backend: Backend) -> TestResult {
+    let server = start_with(backend, |config| config.change_log_window = 20).await;
     let mut client = server.client().await;
     let ada = create(&mut client, "Ada", "ada@example.com").await;
     let mut stream = watch(&mut client, "", 0).await?;
@@ -184,9 +184,8 @@ async fn since_revision_resumes_after_that_revision() -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
-async fn a_filtered_watch_sees_users_enter_and_leave_its_filter() -> TestResult {
-    let server = start().await;
+async fn a_filtered_watch_sees_users_enter_and_leave_its_filter(backend: Backend) -> TestResult {
+    let server = start_on(backend).await;
     let mut client = server.client().await;
     let mut stream = watch(&mut client, "roles:admin", 0).await?;
     assert_eq!(kind(&next(&mut stream).await?), UserEventType::SnapshotComplete, "empty snapshot");
@@ -229,10 +228,9 @@ async fn a_filtered_watch_sees_users_enter_and_leave_its_filter() -> TestResult 
     Ok(())
 }
 
-#[tokio::test]
-async fn a_slow_watcher_is_cut_off_while_a_fast_one_gets_everything() -> TestResult {
+async fn a_slow_watcher_is_cut_off_while_a_fast_one_gets_everything(backend: Backend) -> TestResult {
     const BATCHES: usize = 5;
-    let server = start_with(|config| {
+    let server = start_with(backend, |config| {
         config.change_log_window = 1_500;
         config.feed.broadcast_capacity = 16;
         config.feed.watcher_buffer = 16;
@@ -288,3 +286,10 @@ async fn a_slow_watcher_is_cut_off_while_a_fast_one_gets_everything() -> TestRes
     assert!(received < BATCHES * 1000, "the slow watcher was cut off before the end ({received} events)");
     Ok(())
 }
+
+per_backend!(
+    snapshot_then_live_changes_with_concurrent_writers_have_no_gap_and_no_duplicate,
+    since_revision_resumes_after_that_revision,
+    a_filtered_watch_sees_users_enter_and_leave_its_filter,
+    a_slow_watcher_is_cut_off_while_a_fast_one_gets_everything,
+);

@@ -2,8 +2,11 @@
 //!
 //! One task per process tails the store's change log and fans every committed change out over a bounded
 //! broadcast channel; watchers never poll the database themselves while they keep up. The task wakes as soon
-//! as this process commits, and also polls on an interval so changes committed by other processes sharing the
-//! database (replicas) arrive too.
+//! as this process commits. Changes committed by other processes sharing the database (replicas) arrive
+//! through the store's change notifications where it has them (PostgreSQL's LISTEN/NOTIFY), with a slow poll
+//! left only as a safety net; otherwise (SQLite) through a poll on the configured interval. Either way a
+//! wake-up only means "read the log after the last revision read", so a lost notification delays a change but
+//! never drops it.
 //!
 //! A watcher that falls behind the broadcast buffer catches up from the change log in the database, page by
 //! page, so memory stays bounded by the buffer sizes whatever the watcher's speed. Only when the change it
@@ -20,7 +23,7 @@ use tonic::Status;
 use crate::proto::user::{UserEvent, UserEventType};
 use crate::user_service::error::ServiceError;
 use crate::user_service::filter::Filter;
-use crate::user_service::store::{Change, Store, StoreError};
+use crate::user_service::store::{Change, Store, StoreError, poll_interval, wait_for_commit};
 
 /// Sizes and timings of the feed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +32,8 @@ pub struct FeedConfig {
     pub broadcast_capacity: usize,
     /// Events queued per watcher between its task and the gRPC stream.
     pub watcher_buffer: usize,
-    /// How often the feed looks for changes committed by other processes.
+    /// How often the feed looks for changes committed by other processes. A store that notifies (PostgreSQL)
+    /// makes this a safety net only, never shorter than 30 s.
     pub poll_interval: Duration,
     /// Change-log rows read per query.
     pub page_size: u32,
@@ -78,11 +82,14 @@ impl ChangeFeed {
     }
 
     async fn tail(self: Arc<Self>, mut last: i64) {
+        let mut notifications = self.store.change_notifications();
+        let poll_interval = poll_interval(notifications.as_ref(), self.config.poll_interval);
         loop {
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
                 () = self.wake.notified() => {}
-                () = tokio::time::sleep(self.config.poll_interval) => {}
+                () = wait_for_commit(&mut notifications) => {}
+                () = tokio::time::sleep(poll_interval) => {}
             }
             loop {
                 match self.store.changes_after(last, self.config.page_size).await {

@@ -7,6 +7,7 @@ pub mod filter;
 mod layers;
 pub mod page_token;
 pub mod password;
+pub mod relay;
 mod service;
 pub mod store;
 pub mod validate;
@@ -29,7 +30,7 @@ use crate::config::UserServiceConfig;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::user::user_service_server::UserServiceServer;
 use password::PasswordHasher;
-use store::{SqliteStore, Store, StoreError};
+use store::{Store, StoreError, StoreOptions};
 
 /// The name the service reports under in grpc.health.v1.
 pub const SERVICE_NAME: &str = "user.UserService";
@@ -63,7 +64,12 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.database_url, config.change_log_window).await?);
+    let options = StoreOptions {
+        change_log_window: config.change_log_window,
+        max_connections: config.db_max_connections,
+        retain_unpublished: config.nats_url.is_some(),
+    };
+    let store = store::open(&config.database_url, options).await?;
     let hasher = PasswordHasher::new(config.password_hash_cost)?;
     // Health follows `shutdown`; everything else stops only after the grace period.
     let stop = CancellationToken::new();
@@ -79,6 +85,10 @@ pub async fn serve(
         }
     });
     let feed = events::ChangeFeed::start(Arc::clone(&store), config.feed, stop.clone()).await?;
+    if let Some(nats_url) = &config.nats_url {
+        let relay = relay::RelayConfig { nats_url: nats_url.clone(), poll_interval: config.feed.poll_interval };
+        tokio::spawn(relay::run(Arc::clone(&store), relay, stop.clone()));
+    }
     let service = UserServiceImpl::new(Arc::clone(&store), hasher, feed);
 
     let (reporter, health_service) = tonic_health::server::health_reporter();

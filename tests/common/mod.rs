@@ -1,4 +1,5 @@
-//! Starts real UserService servers on 127.0.0.1:0 with a throwaway SQLite file, and connects real clients.
+//! Starts real UserService servers on 127.0.0.1:0 with a throwaway database (a SQLite file, or a PostgreSQL
+//! database of their own), and connects real clients.
 #![allow(dead_code)] // each test file uses a different part of this module
 
 use std::net::SocketAddr;
@@ -21,13 +22,95 @@ pub type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 /// Cheap hashes: the tests create thousands of users; the production cost is tested in password.rs.
 pub const TEST_HASH_COST: HashCost = HashCost { memory_kib: 64, iterations: 1 };
 
+/// The storage backends every store and service test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Generates, for each named `async fn NAME(backend: Backend) -> TestResult`, one test per backend:
+/// `sqlite::NAME` and `postgres::NAME`. An optional leading `#[tokio::test(…)]` sets the runtime of all of them.
+#[macro_export]
+macro_rules! per_backend {
+    (#[$test:meta] $($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(#[$test] async fn $name() -> $crate::common::TestResult { super::$name($crate::common::Backend::Sqlite).await })+
+        }
+        mod postgres {
+            $(#[$test] async fn $name() -> $crate::common::TestResult { super::$name($crate::common::Backend::Postgres).await })+
+        }
+    };
+    ($($name:ident),+ $(,)?) => {
+        $crate::per_backend!(#[tokio::test] $($name),+);
+    };
+}
+
+/// Where a test server keeps its data; dropping it deletes the data.
+pub enum TestStorage {
+    Sqlite { path: PathBuf, _dir: TempDir },
+    Postgres(postgres::TestDatabase),
+}
+
+impl TestStorage {
+    /// A new, empty database of `backend`.
+    pub async fn create(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                Self::Sqlite { path: dir.path().join("users.db"), _dir: dir }
+            }
+            Backend::Postgres => Self::Postgres(postgres::TestDatabase::create().await),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        match self {
+            Self::Sqlite { path, .. } => format!("sqlite://{}", path.display()),
+            Self::Postgres(database) => database.url.clone(),
+        }
+    }
+
+    /// Every stored password hash, read straight from the database.
+    pub async fn password_hashes(&self) -> Result<Vec<String>, sqlx::Error> {
+        use sqlx::Connection;
+        let query = "SELECT password_hash FROM users ORDER BY id";
+        match self {
+            Self::Sqlite { path, .. } => {
+                let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=ro", path.display())).await?;
+                sqlx::query_scalar(query).fetch_all(&mut db).await
+            }
+            Self::Postgres(database) => {
+                let mut db = sqlx::PgConnection::connect(&database.url).await?;
+                sqlx::query_scalar(query).fetch_all(&mut db).await
+            }
+        }
+    }
+
+    /// Every stored text of every user row, concatenated per row.
+    pub async fn user_rows_as_text(&self) -> Result<Vec<String>, sqlx::Error> {
+        use sqlx::Connection;
+        let query = "SELECT password_hash || name || email || roles FROM users";
+        match self {
+            Self::Sqlite { path, .. } => {
+                let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=ro", path.display())).await?;
+                sqlx::query_scalar(query).fetch_all(&mut db).await
+            }
+            Self::Postgres(database) => {
+                let mut db = sqlx::PgConnection::connect(&database.url).await?;
+                sqlx::query_scalar(query).fetch_all(&mut db).await
+            }
+        }
+    }
+}
+
 /// A running UserService; stops (and deletes its database) when dropped.
 pub struct TestServer {
     pub addr: SocketAddr,
     pub shutdown: CancellationToken,
     pub handle: Option<JoinHandle<Result<(), portico::user_service::ServeError>>>,
-    pub db_path: PathBuf,
-    _dir: TempDir,
+    /// Declared after `handle`: the server stops before its database is dropped.
+    pub storage: TestStorage,
 }
 
 impl Drop for TestServer {
@@ -36,9 +119,9 @@ impl Drop for TestServer {
     }
 }
 
-/// Settings every test server shares: a file database in `dir`, fast hashing, quick polls.
-pub fn test_config(dir: &TempDir) -> UserServiceConfig {
-    let mut config = UserServiceConfig::new(format!("sqlite://{}", dir.path().join("users.db").display()));
+/// Settings every test server shares: the database at `url`, fast hashing, quick polls.
+pub fn test_config(url: String) -> UserServiceConfig {
+    let mut config = UserServiceConfig::new(url);
     config.password_hash_cost = TEST_HASH_COST;
     config.feed.poll_interval = Duration::from_millis(50);
     config.health_check_interval = Duration::from_millis(100);
@@ -46,13 +129,19 @@ pub fn test_config(dir: &TempDir) -> UserServiceConfig {
     config
 }
 
+/// A UserService on a new SQLite file (for tests that are not about storage).
 pub async fn start() -> TestServer {
-    start_with(|_| {}).await
+    start_on(Backend::Sqlite).await
 }
 
-pub async fn start_with(adjust: impl FnOnce(&mut UserServiceConfig)) -> TestServer {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut config = test_config(&dir);
+/// A UserService on a new database of `backend`.
+pub async fn start_on(backend: Backend) -> TestServer {
+    start_with(backend, |_| {}).await
+}
+
+pub async fn start_with(backend: Backend, adjust: impl FnOnce(&mut UserServiceConfig)) -> TestServer {
+    let storage = TestStorage::create(backend).await;
+    let mut config = test_config(storage.url());
     adjust(&mut config);
     config.validate().expect("valid test config");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
@@ -60,7 +149,7 @@ pub async fn start_with(adjust: impl FnOnce(&mut UserServiceConfig)) -> TestServ
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     let handle = tokio::spawn(async move { portico::user_service::serve(&config, listener, token).await });
-    TestServer { addr, shutdown, handle: Some(handle), db_path: dir.path().join("users.db"), _dir: dir }
+    TestServer { addr, shutdown, handle: Some(handle), storage }
 }
 
 impl TestServer {
@@ -101,6 +190,8 @@ pub fn violations(status: &tonic::Status) -> Vec<(String, String)> {
 
 pub mod dnsmasq;
 pub mod echo;
+pub mod nats;
+pub mod postgres;
 pub mod process;
 pub mod python;
 pub mod replicas;

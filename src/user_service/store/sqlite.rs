@@ -5,26 +5,30 @@
 //! its lock (SQLITE_BUSY_SNAPSHOT), even when other processes share the file. Reads use a pool of read-only
 //! connections, which WAL lets run concurrently with the writer.
 
+use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
+
+use super::conditions::{Dialect, push_conditions};
+use super::lease::{FileLease, RelayLease};
+use super::stored::{
+    CHANGE_COLUMNS, StoredUser, USER_COLUMNS, audited, change_from_row, is_unique_violation, now_micros_as_nanos,
+    roles_to_json,
 };
-use sqlx::{Arguments, Row, Sqlite, SqlitePool, Transaction};
-
-use super::{Change, ChangeKind, NewUser, Snapshot, Store, StoreError, User, UserPatch};
-use crate::proto::user::{UserEventType, UserStatus};
-use crate::user_service::filter::{Condition, Filter, fold};
+use super::{Change, ChangeKind, NewUser, Snapshot, Store, StoreError, StoreOptions, User, UserPatch};
+use crate::proto::user::UserStatus;
+use crate::user_service::filter::{Filter, fold};
 
 /// How long a connection waits for another process's write lock before failing with SQLITE_BUSY.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read connections; WAL readers do not block each other or the writer.
 const READ_CONNECTIONS: u32 = 4;
 
-const USER_COLUMNS: &str = "id, name, email, roles, status, created_at_ns";
-const CHANGE_COLUMNS: &str = "revision, kind, user_id, name, email, roles, status, created_at_ns, \
-                              prev_name, prev_email, prev_roles, prev_status";
+const PRUNE: &str = "DELETE FROM user_changes WHERE revision <= ?";
+const PRUNE_PUBLISHED: &str = "DELETE FROM user_changes WHERE revision <= min(?, (SELECT published FROM relay_mark))";
 
 /// SQLite-backed [`Store`].
 #[derive(Clone)]
@@ -33,6 +37,10 @@ pub struct SqliteStore {
     reader: SqlitePool,
     /// How many change-log entries are kept for `since_revision` resumes.
     change_log_window: i64,
+    /// The pruning statement: with a relay, it also keeps what was not published yet.
+    prune: &'static str,
+    /// The relay lease file beside the database; `None` for an in-memory database.
+    lease_path: Option<PathBuf>,
 }
 
 /// The single writer connection. Opening it sets up the file (WAL mode), and a replica doing so while another
@@ -56,9 +64,10 @@ impl SqliteStore {
     /// Opens (creating if missing) the database at `url` and applies pending migrations.
     ///
     /// Fails when the URL is malformed, the file cannot be opened or created, or a migration fails.
-    pub async fn open(url: &str, change_log_window: u32) -> Result<Self, StoreError> {
+    pub async fn open(url: &str, options: StoreOptions) -> Result<Self, StoreError> {
         let base =
             SqliteConnectOptions::from_str(url)?.create_if_missing(true).busy_timeout(BUSY_TIMEOUT).foreign_keys(true);
+        let base_path = base.get_filename().to_path_buf();
         let (writer, reader) = if is_in_memory(url) {
             // Each connection to `:memory:` would be a separate database: one connection does everything,
             // and it is never closed for idleness, which would drop the data.
@@ -88,7 +97,18 @@ impl SqliteStore {
         // though hidden from its docs, for exactly this).
         sqlx::migrate!("./migrations/sqlite").run_direct(None, &mut *migrating, false).await?;
         migrating.commit().await?;
-        Ok(Self { writer, reader, change_log_window: i64::from(change_log_window.max(1)) })
+        let lease_path = (!is_in_memory(url)).then(|| {
+            let mut path = base_path.into_os_string();
+            path.push("-relay.lock");
+            PathBuf::from(path)
+        });
+        Ok(Self {
+            writer,
+            reader,
+            change_log_window: i64::from(options.change_log_window.max(1)),
+            prune: if options.retain_unpublished { PRUNE_PUBLISHED } else { PRUNE },
+            lease_path,
+        })
     }
 
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
@@ -121,10 +141,7 @@ impl SqliteStore {
         .bind(previous.map(|p| p.status))
         .fetch_one(&mut **tx)
         .await?;
-        sqlx::query("DELETE FROM user_changes WHERE revision <= ?")
-            .bind(revision - self.change_log_window)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(self.prune).bind(revision - self.change_log_window).execute(&mut **tx).await?;
         Ok(revision)
     }
 
@@ -150,20 +167,18 @@ impl Store for SqliteStore {
     }
 
     async fn list_users(&self, filter: &Filter, after_id: i64, limit: u32) -> Result<Vec<User>, StoreError> {
-        let mut args = SqliteArguments::default();
-        bind(&mut args, after_id)?;
-        let conditions = where_clause(filter, &mut args)?;
-        bind(&mut args, i64::from(limit))?;
-        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id > ?{conditions} ORDER BY id LIMIT ?");
-        let rows = sqlx::query_with(audited(sql), args).fetch_all(&self.reader).await?;
+        let mut query = QueryBuilder::<Sqlite>::new(format!("SELECT {USER_COLUMNS} FROM users WHERE id > "));
+        query.push_bind(after_id);
+        push_conditions(&mut query, filter, Dialect::Sqlite);
+        query.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit));
+        let rows = query.build().fetch_all(&self.reader).await?;
         rows.iter().map(|row| StoredUser::from_row(row)?.into_user()).collect()
     }
 
     async fn count_users(&self, filter: &Filter) -> Result<i64, StoreError> {
-        let mut args = SqliteArguments::default();
-        let conditions = where_clause(filter, &mut args)?;
-        let sql = format!("SELECT COUNT(*) FROM users WHERE 1 = 1{conditions}");
-        Ok(sqlx::query_scalar_with::<_, i64, _>(audited(sql), args).fetch_one(&self.reader).await?)
+        let mut query = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM users WHERE 1 = 1");
+        push_conditions(&mut query, filter, Dialect::Sqlite);
+        Ok(query.build_query_scalar::<i64>().fetch_one(&self.reader).await?)
     }
 
     async fn create_users(&self, users: Vec<NewUser>) -> Result<Vec<User>, StoreError> {
@@ -205,19 +220,7 @@ impl Store for SqliteStore {
     async fn update_user(&self, id: i64, patch: UserPatch) -> Result<User, StoreError> {
         let mut tx = self.begin_write().await?;
         let current = Self::fetch_stored(&mut tx, id).await?;
-        let mut updated = current.clone();
-        if let Some(name) = patch.name {
-            updated.name = name;
-        }
-        if let Some(email) = patch.email {
-            updated.email = email;
-        }
-        if let Some(roles) = patch.roles {
-            updated.roles_json = roles_to_json(&roles)?;
-        }
-        if let Some(status) = patch.status {
-            updated.status = status as i32;
-        }
+        let updated = current.patched(patch)?;
         if updated == current {
             // Nothing changes: no write, no change-log entry, no event for watchers.
             return current.into_user();
@@ -265,10 +268,10 @@ impl Store for SqliteStore {
         let mut tx = self.reader.begin().await?;
         let revision: i64 =
             sqlx::query_scalar("SELECT COALESCE(MAX(revision), 0) FROM user_changes").fetch_one(&mut *tx).await?;
-        let mut args = SqliteArguments::default();
-        let conditions = where_clause(filter, &mut args)?;
-        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE 1 = 1{conditions} ORDER BY id");
-        let rows = sqlx::query_with(audited(sql), args).fetch_all(&mut *tx).await?;
+        let mut query = QueryBuilder::<Sqlite>::new(format!("SELECT {USER_COLUMNS} FROM users WHERE 1 = 1"));
+        push_conditions(&mut query, filter, Dialect::Sqlite);
+        query.push(" ORDER BY id");
+        let rows = query.build().fetch_all(&mut *tx).await?;
         tx.commit().await?;
         let users = rows.iter().map(|row| StoredUser::from_row(row)?.into_user()).collect::<Result<_, _>>()?;
         Ok(Snapshot { users, revision })
@@ -298,6 +301,24 @@ impl Store for SqliteStore {
         rows.iter().map(change_from_row).collect()
     }
 
+    async fn published_revision(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT published FROM relay_mark").fetch_one(&self.reader).await?)
+    }
+
+    async fn mark_published(&self, revision: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE relay_mark SET published = ? WHERE published < ?")
+            .bind(revision)
+            .bind(revision)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn try_relay_lease(&self) -> Result<Option<Box<dyn RelayLease>>, StoreError> {
+        let lease = FileLease::try_take(self.lease_path.as_deref()).map_err(StoreError::LeaseFile)?;
+        Ok(lease.map(|lease| Box::new(lease) as Box<dyn RelayLease>))
+    }
+
     async fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
         let query = sqlx::query_scalar::<_, i64>("SELECT 1").fetch_one(&self.reader);
         match tokio::time::timeout(timeout, query).await {
@@ -307,137 +328,6 @@ impl Store for SqliteStore {
     }
 }
 
-/// A user row as stored (roles still JSON), used to compare and log without re-encoding.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct StoredUser {
-    id: i64,
-    name: String,
-    email: String,
-    roles_json: String,
-    status: i32,
-    created_at_ns: i64,
-}
-
-impl StoredUser {
-    /// Reads a `users` row; change-log rows keep the user's id in `user_id`.
-    fn from_row(row: &SqliteRow) -> Result<Self, StoreError> {
-        Self::from_row_with_id(row, "id")
-    }
-
-    fn from_row_with_id(row: &SqliteRow, id_column: &str) -> Result<Self, StoreError> {
-        Ok(Self {
-            id: row.try_get(id_column)?,
-            name: row.try_get("name")?,
-            email: row.try_get("email")?,
-            roles_json: row.try_get("roles")?,
-            status: row.try_get("status")?,
-            created_at_ns: row.try_get("created_at_ns")?,
-        })
-    }
-
-    fn into_user(self) -> Result<User, StoreError> {
-        Ok(User {
-            id: self.id,
-            name: self.name,
-            email: self.email,
-            roles: roles_from_json(&self.roles_json)?,
-            status: self.status,
-            created_at: Some(timestamp_from_nanos(self.created_at_ns)),
-        })
-    }
-}
-
-fn change_from_row(row: &SqliteRow) -> Result<Change, StoreError> {
-    let kind: i32 = row.try_get("kind")?;
-    let kind = match UserEventType::try_from(kind) {
-        Ok(UserEventType::Created) => ChangeKind::Created,
-        Ok(UserEventType::Updated) => ChangeKind::Updated,
-        Ok(UserEventType::Deleted) => ChangeKind::Deleted,
-        _ => return Err(StoreError::Corrupt(format!("change kind {kind} is not a change"))),
-    };
-    let user = StoredUser::from_row_with_id(row, "user_id")?;
-    let previous = match row.try_get::<Option<String>, _>("prev_name")? {
-        Some(name) => Some(StoredUser {
-            name,
-            email: row.try_get("prev_email")?,
-            roles_json: row.try_get("prev_roles")?,
-            status: row.try_get("prev_status")?,
-            ..user.clone()
-        }),
-        None => None,
-    };
-    Ok(Change {
-        revision: row.try_get("revision")?,
-        kind,
-        user: user.into_user()?,
-        previous: previous.map(StoredUser::into_user).transpose()?,
-    })
-}
-
-/// Translates a filter into ` AND …` conditions on `users`, appending their values to `args` in order.
-///
-/// Text values are always bound, never spliced into the SQL.
-fn where_clause(filter: &Filter, args: &mut SqliteArguments) -> Result<String, StoreError> {
-    let mut sql = String::new();
-    for condition in filter.conditions() {
-        let clause = match condition {
-            Condition::StatusEq(status) => bind(args, *status as i64).map(|()| "status = ?"),
-            Condition::StatusNe(status) => bind(args, *status as i64).map(|()| "status != ?"),
-            Condition::NameEq(name) => bind(args, name.clone()).map(|()| "name = ?"),
-            Condition::NameNe(name) => bind(args, name.clone()).map(|()| "name != ?"),
-            Condition::NameContains(part) => bind(args, part.clone()).map(|()| "instr(name_folded, ?) > 0"),
-            Condition::EmailEq(email) => bind(args, email.clone()).map(|()| "email_folded = ?"),
-            Condition::EmailNe(email) => bind(args, email.clone()).map(|()| "email_folded != ?"),
-            Condition::EmailContains(part) => bind(args, part.clone()).map(|()| "instr(email_folded, ?) > 0"),
-            Condition::HasRole(role) => bind(args, role.clone())
-                .map(|()| "EXISTS (SELECT 1 FROM json_each(users.roles) WHERE json_each.value = ?)"),
-        }?;
-        sql.push_str(" AND ");
-        sql.push_str(clause);
-    }
-    Ok(sql)
-}
-
-/// Appends one bound value; encoding an i64 or a String cannot fail in practice, but the API says it may.
-fn bind<T>(args: &mut SqliteArguments, value: T) -> Result<(), StoreError>
-where
-    T: for<'q> sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite> + Send + 'static,
-{
-    args.add(value).map_err(|e| StoreError::Database(sqlx::Error::Encode(e)))
-}
-
-/// Marks SQL built with `format!` as safe. Every caller formats only this module's constants and the clauses
-/// of [`where_clause`]; values from requests are always bound as parameters.
-fn audited(sql: String) -> sqlx::AssertSqlSafe<String> {
-    sqlx::AssertSqlSafe(sql)
-}
-
 fn is_in_memory(url: &str) -> bool {
     url.contains(":memory:") || url.contains("mode=memory")
-}
-
-fn is_unique_violation(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
-}
-
-fn roles_to_json(roles: &[String]) -> Result<String, StoreError> {
-    serde_json::to_string(roles).map_err(|e| StoreError::Corrupt(format!("cannot encode roles: {e}")))
-}
-
-fn roles_from_json(json: &str) -> Result<Vec<String>, StoreError> {
-    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("roles column {json:?}: {e}")))
-}
-
-/// Now, truncated to microseconds: the precision clients see in RFC 3339 timestamps.
-fn now_micros_as_nanos() -> i64 {
-    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since_epoch.as_micros()).unwrap_or(i64::MAX / 1000) * 1000
-}
-
-fn timestamp_from_nanos(nanos: i64) -> pbjson_types::Timestamp {
-    pbjson_types::Timestamp {
-        seconds: nanos.div_euclid(1_000_000_000),
-        // rem_euclid of 1e9 always fits in i32.
-        nanos: i32::try_from(nanos.rem_euclid(1_000_000_000)).unwrap_or(0),
-    }
 }

@@ -1,0 +1,252 @@
+//! The outbox relay on both backends: every change reaches NATS JetStream once, in revision order, as a
+//! CloudEvent with `Nats-Msg-Id` = revision; the published mark moves only after the acknowledgement; changes
+//! made while NATS is down are published when it returns, even past the change-log window; one relay at a time
+//! holds the lease; `portico events tail` prints the stream.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer};
+use common::nats::{NatsServer, free_port};
+use common::{Backend, TestResult, TestStorage, create, start_with};
+use futures::StreamExt;
+use portico::proto::user::{DeleteUserRequest, UpdateUserRequest, User};
+use portico::user_service::relay::STREAM;
+use portico::user_service::store::{self, Store, StoreOptions};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// One message of the stream: subject, `Nats-Msg-Id`, payload.
+struct Published {
+    subject: String,
+    message_id: String,
+    event: serde_json::Value,
+}
+
+/// Reads the first `count` messages of the stream (waiting for the stream to exist and fill up).
+async fn read_stream(nats_url: &str, count: usize) -> Result<Vec<Published>, Error> {
+    let jetstream = jetstream::new(async_nats::connect(nats_url).await?);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let stream = loop {
+        match jetstream.get_stream(STREAM).await {
+            Ok(stream) => break stream,
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(error) => return Err(format!("the relay never created the stream: {error}").into()),
+        }
+    };
+    let mut messages = stream.create_consumer(consumer::pull::OrderedConfig::default()).await?.messages().await?;
+    let mut published = Vec::new();
+    while published.len() < count {
+        let message = tokio::time::timeout(Duration::from_secs(20), messages.next()).await?.ok_or("stream ended")??;
+        let message_id = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get("Nats-Msg-Id"))
+            .map(|id| id.to_string())
+            .unwrap_or_default();
+        published.push(Published {
+            subject: message.subject.to_string(),
+            message_id,
+            event: serde_json::from_slice(&message.payload)?,
+        });
+    }
+    // Nothing more than `count`: a duplicate would show up here.
+    if let Ok(Some(extra)) = tokio::time::timeout(Duration::from_millis(500), messages.next()).await {
+        return Err(format!("an extra message: {:?}", extra.map(|m| m.payload.clone())).into());
+    }
+    Ok(published)
+}
+
+async fn open(storage: &TestStorage) -> Result<std::sync::Arc<dyn Store>, Error> {
+    let options = StoreOptions { change_log_window: 10_000, max_connections: 2, retain_unpublished: true };
+    Ok(store::open(&storage.url(), options).await?)
+}
+
+/// Waits until the published mark reaches `revision`.
+async fn mark_reaches(store: &dyn Store, revision: i64) -> TestResult {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mark = store.published_revision().await?;
+        if mark == revision {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the published mark stayed at {mark}, not {revision}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn every_change_is_published_once_in_revision_order(backend: Backend) -> TestResult {
+    let nats = NatsServer::start().await;
+    let nats_url = nats.url.clone();
+    let server = start_with(backend, |config| config.nats_url = Some(nats_url)).await;
+    let mut client = server.client().await;
+    let ada = create(&mut client, "Ada", "ada@example.com").await;
+    let grace = create(&mut client, "Grace", "grace@example.com").await;
+    let renamed = User { id: ada.id, name: "Ada L.".into(), ..Default::default() };
+    client.update_user(UpdateUserRequest { user: Some(renamed), update_mask: None }).await?;
+    client.delete_user(DeleteUserRequest { id: grace.id }).await?;
+
+    let published = read_stream(&nats.url, 4).await?;
+    let expected = [
+        ("users.created", "portico.user.created", ada.id, "Ada"),
+        ("users.created", "portico.user.created", grace.id, "Grace"),
+        ("users.updated", "portico.user.updated", ada.id, "Ada L."),
+        ("users.deleted", "portico.user.deleted", grace.id, "Grace"),
+    ];
+    for (index, (message, (subject, kind, id, name))) in published.iter().zip(expected).enumerate() {
+        let revision = index as i64 + 1;
+        assert_eq!(message.subject, subject);
+        assert_eq!(message.message_id, revision.to_string(), "Nats-Msg-Id is the revision");
+        let event = &message.event;
+        assert_eq!(event["specversion"], "1.0");
+        assert_eq!(event["id"], revision.to_string());
+        assert_eq!(event["revision"], revision);
+        assert_eq!(event["type"], kind);
+        assert_eq!(event["source"], "/portico/user-service");
+        assert_eq!(event["subject"], id.to_string());
+        assert_eq!(event["data"]["name"], name);
+        assert_eq!(event["data"]["id"], id.to_string());
+    }
+    mark_reaches(open(&server.storage).await?.as_ref(), 4).await
+}
+
+async fn changes_made_while_nats_is_down_are_published_when_it_returns(backend: Backend) -> TestResult {
+    let port = free_port();
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    // A window far smaller than the changes made meanwhile: unpublished changes must outlive it.
+    let server = start_with(backend, |config| {
+        config.nats_url = Some(nats_url.clone());
+        config.change_log_window = 3;
+    })
+    .await;
+    let mut client = server.client().await;
+    for i in 0..10 {
+        create(&mut client, &format!("User {i}"), &format!("user{i}@example.com")).await;
+    }
+    let store = open(&server.storage).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(store.published_revision().await?, 0, "nothing is marked before JetStream acknowledged it");
+
+    let nats = NatsServer::start_on(port).await;
+    let published = read_stream(&nats.url, 10).await?;
+    let ids: Vec<&str> = published.iter().map(|message| message.message_id.as_str()).collect();
+    assert_eq!(ids, ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"]);
+    mark_reaches(store.as_ref(), 10).await?;
+
+    // Once published, the log is pruned to its window again.
+    create(&mut client, "User 10", "user10@example.com").await;
+    mark_reaches(store.as_ref(), 11).await?;
+    create(&mut client, "User 11", "user11@example.com").await;
+    let kept: Vec<i64> = store.changes_after(9, 100).await?.iter().map(|change| change.revision).collect();
+    assert_eq!(kept, [10, 11, 12]);
+    Ok(())
+}
+
+async fn one_relay_holds_the_lease_at_a_time(backend: Backend) -> TestResult {
+    let storage = TestStorage::create(backend).await;
+    let (first, second) = (open(&storage).await?, open(&storage).await?);
+    let mut lease = first.try_relay_lease().await?.ok_or("the lease is free at first")?;
+    assert!(second.try_relay_lease().await?.is_none(), "a second relay waits");
+    assert!(first.try_relay_lease().await?.is_none(), "even in the same process");
+    assert!(lease.still_held().await);
+    drop(lease);
+    // PostgreSQL releases the advisory lock when the session closes, which dropping starts.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if second.try_relay_lease().await?.is_some() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err("the lease was not free after its holder dropped it".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn another_replica_takes_over_when_the_relay_stops(backend: Backend) -> TestResult {
+    let nats = NatsServer::start().await;
+    let nats_url = nats.url.clone();
+    let mut first = start_with(backend, |config| config.nats_url = Some(nats_url.clone())).await;
+    create(&mut first.client().await, "Ada", "ada@example.com").await;
+    // Published, so the first replica holds the lease before the second one starts.
+    mark_reaches(open(&first.storage).await?.as_ref(), 1).await?;
+    let database_url = first.storage.url();
+    let second = start_with(backend, |config| {
+        config.nats_url = Some(nats_url);
+        config.database_url = database_url;
+    })
+    .await;
+    let mut client = second.client().await;
+    create(&mut client, "Grace", "grace@example.com").await;
+
+    first.shutdown.cancel();
+    first.handle.take().ok_or("running")?.await??;
+    create(&mut client, "Edsger", "edsger@example.com").await;
+    let published = read_stream(&nats.url, 3).await?;
+    let names: Vec<&serde_json::Value> = published.iter().map(|message| &message.event["data"]["name"]).collect();
+    assert_eq!(names, ["Ada", "Grace", "Edsger"], "once each, in revision order, across the handover");
+    Ok(())
+}
+
+/// PostgreSQL only: when the session holding the advisory lock dies, the relay notices, stops, takes the lease
+/// again and goes on where the mark says, with nothing lost or repeated.
+#[tokio::test]
+async fn a_relay_whose_lease_session_dies_takes_the_lease_again() -> TestResult {
+    use sqlx::Connection;
+    let nats = NatsServer::start().await;
+    let nats_url = nats.url.clone();
+    let server = start_with(Backend::Postgres, |config| config.nats_url = Some(nats_url)).await;
+    let mut client = server.client().await;
+    create(&mut client, "Ada", "ada@example.com").await;
+    let store = open(&server.storage).await?;
+    mark_reaches(store.as_ref(), 1).await?;
+
+    let mut admin = sqlx::PgConnection::connect(&server.storage.url()).await?;
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = 'portico-relay'",
+    )
+    .fetch_all(&mut admin)
+    .await?;
+    assert_eq!(killed, [true], "one relay session held the lease");
+    create(&mut client, "Grace", "grace@example.com").await;
+    create(&mut client, "Edsger", "edsger@example.com").await;
+    mark_reaches(store.as_ref(), 3).await?;
+    let published = read_stream(&nats.url, 3).await?;
+    let ids: Vec<&str> = published.iter().map(|message| message.message_id.as_str()).collect();
+    assert_eq!(ids, ["1", "2", "3"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn events_tail_prints_the_stream_as_json_lines() -> TestResult {
+    let nats = NatsServer::start().await;
+    let nats_url = nats.url.clone();
+    let server = start_with(Backend::Sqlite, |config| config.nats_url = Some(nats_url)).await;
+    let mut client = server.client().await;
+    create(&mut client, "Ada", "ada@example.com").await;
+    create(&mut client, "Grace", "grace@example.com").await;
+    read_stream(&nats.url, 2).await?;
+
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_portico"))
+        .args(["events", "tail", "--nats-url", &nats.url, "--limit", "2"])
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(20), output).await??;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(output.stdout)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let names: Vec<&serde_json::Value> = lines.iter().map(|event| &event["data"]["name"]).collect();
+    assert_eq!(names, ["Ada", "Grace"]);
+    Ok(())
+}
+
+per_backend!(
+    every_change_is_published_once_in_revision_order,
+    changes_made_while_nats_is_down_are_published_when_it_returns,
+    one_relay_holds_the_lease_at_a_time,
+    another_replica_takes_over_when_the_relay_stops,
+);
