@@ -153,7 +153,7 @@ fn the_document_describes_the_user_api() {
     );
     assert_eq!(schemas["google.protobuf.Timestamp"]["format"], "date-time");
     assert!(
-        schemas["user.UserStatus"]["enum"]
+        schemas["user.UserStatus"]["anyOf"][0]["enum"]
             .as_array()
             .is_some_and(|values| values.contains(&"USER_STATUS_ACTIVE".into()))
     );

@@ -129,13 +129,23 @@ fn json_response(route: &Route, response: tonic::Response<DynamicMessage>) -> Re
     Ok(response)
 }
 
-/// The Content-Type of a raw answer: what the service set, or `application/octet-stream` when it set none
-/// (or something that cannot be a header value).
+/// The Content-Type of a raw answer: what the service set, or `application/octet-stream` when it set none or
+/// something that is not a media type (`type/subtype`, optionally with parameters).
 pub(crate) fn raw_content_type(content_type: &str) -> HeaderValue {
-    HeaderValue::from_str(content_type)
-        .ok()
-        .filter(|_| !content_type.is_empty())
+    Some(content_type)
+        .filter(|text| is_media_type(text))
+        .and_then(|text| HeaderValue::from_str(text).ok())
         .unwrap_or_else(|| HeaderValue::from_static("application/octet-stream"))
+}
+
+/// `type/subtype` made of RFC 9110 token characters, then anything as parameters after a `;`.
+fn is_media_type(text: &str) -> bool {
+    let essence = text.split(';').next().unwrap_or_default().trim();
+    let token = |part: &str| {
+        !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    essence.split_once('/').is_some_and(|(kind, subtype)| token(kind) && token(subtype))
+        && text.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
 }
 
 async fn server_streaming(
@@ -219,6 +229,7 @@ async fn client_streaming(
         max_body_bytes: state.config.max_body_bytes,
         max_message_bytes: state.config.max_body_bytes,
         max_depth: state.config.transcode.max_json_depth,
+        array_only: declared_media_type(&parts).is_some_and(|media_type| media_type == "application/json"),
     };
 
     let (sink, messages) = mpsc::channel(16);
@@ -293,14 +304,41 @@ fn content_length(parts: &Parts) -> Option<usize> {
     parts.headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
+/// The media type of the request's Content-Type, lowercased, without parameters.
+fn declared_media_type(parts: &Parts) -> Option<String> {
+    let value = parts.headers.get(header::CONTENT_TYPE)?;
+    Some(value.to_str().unwrap_or_default().split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+}
+
 /// A body must be declared as one of `accepted` (parameters such as charset ignored; any `+json` type is
 /// JSON). A missing Content-Type is taken as JSON, for hand-written requests.
 fn check_content_type(parts: &Parts, accepted: &[&'static str]) -> Result<(), GatewayError> {
-    let Some(value) = parts.headers.get(header::CONTENT_TYPE) else { return Ok(()) };
-    let essence = value.to_str().unwrap_or_default().split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let Some(essence) = declared_media_type(parts) else { return Ok(()) };
     if accepted.contains(&essence.as_str()) || essence.ends_with("+json") {
         Ok(())
     } else {
         Err(GatewayError::UnsupportedMediaType { got: essence, expected: accepted[0] })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_answers_carry_only_well_formed_media_types() {
+        for (given, sent) in [
+            ("text/csv", "text/csv"),
+            ("text/plain; charset=utf-8", "text/plain; charset=utf-8"),
+            ("application/vnd.api+json", "application/vnd.api+json"),
+            ("", "application/octet-stream"),
+            ("csv", "application/octet-stream"),
+            ("text/", "application/octet-stream"),
+            ("te xt/plain", "application/octet-stream"),
+            ("text/plain\u{7f}", "application/octet-stream"),
+            ("gýÚô/x", "application/octet-stream"),
+        ] {
+            assert_eq!(raw_content_type(given), sent, "{given:?}");
+        }
     }
 }

@@ -4,8 +4,8 @@ Usage: echo_server.py DESCRIPTOR_SET
 
 Serves every service of DESCRIPTOR_SET on 127.0.0.1 (a free port, printed as `port=N` on stdout): each
 unary call answers its request, a server stream answers it three times, a client stream answers its last
-message. The Portico tests read the descriptors back through reflection and compare the gateway's answers
-with those it gives for the same descriptors loaded other ways.
+message (an empty one when the stream had none). The Portico tests read the descriptors back through
+reflection and compare the gateway's answers with those it gives for the same descriptors loaded other ways.
 """
 
 import sys
@@ -51,7 +51,7 @@ class Echo(grpc.GenericRpcHandler):
             return None
         if method.client_streaming:
             return grpc.stream_unary_rpc_method_handler(
-                lambda requests, context: list(requests)[-1], identity, identity
+                lambda requests, context: ([b""] + list(requests))[-1], identity, identity
             )
         if method.server_streaming:
             return grpc.unary_stream_rpc_method_handler(

@@ -60,13 +60,9 @@ mod schema;
 
 const JSON: &str = "application/json";
 const EVENT_STREAM: &str = "text/event-stream";
-/// google.api.HttpBody bodies take and give any media type.
+/// google.api.HttpBody bodies take and give any media type; OpenAPI 3.1 describes arbitrary bytes as a media
+/// type without a schema.
 const ANY_MEDIA_TYPE: &str = "*/*";
-
-/// Raw bytes, as OpenAPI 3.1 describes them.
-fn binary_schema() -> ObjectBuilder {
-    ObjectBuilder::new().schema_type(Type::String).content_media_type("application/octet-stream")
-}
 /// The API version in `info`: the descriptors carry none (versions live in the paths, such as `/v1/`).
 const API_VERSION: &str = "1.0.0";
 
@@ -416,7 +412,7 @@ fn request_body(schemas: &mut Schemas, route: &Route) -> Option<utoipa::openapi:
                  Content-Type the `content_type`."
                     .to_string(),
             ))
-            .content(ANY_MEDIA_TYPE, ContentBuilder::new().schema(Some(binary_schema())).build()),
+            .content(ANY_MEDIA_TYPE, ContentBuilder::new().build()),
         (_, CallKind::ClientStreaming) => {
             let message = schemas.want_message(&input);
             RequestBodyBuilder::new()
@@ -469,7 +465,7 @@ fn success_response(schemas: &mut Schemas, route: &Route) -> utoipa::openapi::Re
         };
         return ResponseBuilder::new()
             .description(description)
-            .content(ANY_MEDIA_TYPE, ContentBuilder::new().schema(Some(binary_schema())).build())
+            .content(ANY_MEDIA_TYPE, ContentBuilder::new().build())
             .build();
     }
     if route.kind == CallKind::ServerStreaming {
@@ -655,7 +651,8 @@ mod tests {
         assert_eq!(bare(parameters[0]["schema"].clone()), json!({"type": "string", "format": "int64"}));
         assert_eq!(parameters[0]["required"], true);
         assert_eq!(bare(parameters[1]["schema"].clone()), json!({"type": "string", "format": "uint64"}));
-        let genre = json!({"type": "string", "enum": ["GENRE_UNSPECIFIED", "GENRE_FICTION"]});
+        let genre = json!({"anyOf": [{"type": "string", "enum": ["GENRE_UNSPECIFIED", "GENRE_FICTION"]},
+                                     {"type": "integer", "format": "int32"}]});
         assert_eq!(
             bare(parameters[3].clone()),
             json!({

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use prost_reflect::{EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor};
 use utoipa::openapi::schema::{
-    AdditionalProperties, ArrayBuilder, KnownFormat, ObjectBuilder, SchemaFormat, SchemaType, Type,
+    AdditionalProperties, AnyOfBuilder, ArrayBuilder, KnownFormat, ObjectBuilder, SchemaFormat, SchemaType, Type,
 };
 use utoipa::openapi::{Ref, RefOr, Schema};
 
@@ -255,8 +255,9 @@ fn scalar_schema(kind: &Kind) -> ObjectBuilder {
     ObjectBuilder::new().schema_type(schema_type).format(format)
 }
 
-/// An enum by value names, with each value's comment in the description. `google.protobuf.NullValue` is JSON
-/// `null`.
+/// An enum by value names, with each value's comment in the description; or by number, which the proto3 JSON
+/// mapping accepts in requests and uses in responses for a value the descriptors do not name (a newer
+/// server's). `google.protobuf.NullValue` is JSON `null`.
 fn enum_schema(enumeration: &EnumDescriptor, description: Option<String>) -> Schema {
     if enumeration.full_name() == "google.protobuf.NullValue" {
         return ObjectBuilder::new().schema_type(Type::Null).description(Some("JSON `null`.")).build().into();
@@ -270,14 +271,16 @@ fn enum_schema(enumeration: &EnumDescriptor, description: Option<String>) -> Sch
         })
         .collect::<Vec<_>>()
         .join("\n");
-    let description =
-        join_paragraphs(description, format!("Sent by name; requests may also use the number.\n\n{values}"));
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .enum_values(Some(names))
-        .description(Some(description))
-        .build()
-        .into()
+    let description = join_paragraphs(
+        description,
+        format!(
+            "Sent by name; requests may also use the number, and a value unknown to the gateway comes as its number.\n\n{values}"
+        ),
+    );
+    let by_name = ObjectBuilder::new().schema_type(Type::String).enum_values(Some(names));
+    let by_number =
+        ObjectBuilder::new().schema_type(Type::Integer).format(Some(SchemaFormat::KnownFormat(KnownFormat::Int32)));
+    AnyOfBuilder::new().item(by_name).item(by_number).description(Some(description)).build().into()
 }
 
 fn is_wrapper(full_name: &str) -> bool {
@@ -550,11 +553,12 @@ mod tests {
         let status = DESCRIPTOR_POOL.get_enum_by_name("user.UserStatus").expect("user.UserStatus");
         let schema = serde_json::to_value(enum_schema(&status, comments(&status.parent_file(), status.path())))
             .expect("serialises");
-        assert_eq!(schema["type"], "string");
+        assert_eq!(schema["anyOf"][0]["type"], "string");
         assert_eq!(
-            schema["enum"],
+            schema["anyOf"][0]["enum"],
             json!(["USER_STATUS_UNSPECIFIED", "USER_STATUS_ACTIVE", "USER_STATUS_INACTIVE", "USER_STATUS_SUSPENDED"])
         );
+        assert_eq!(schema["anyOf"][1], json!({"type": "integer", "format": "int32"}), "or by number");
         let description = schema["description"].as_str().expect("a description");
         assert!(description.starts_with("The status of a user account.\n\n"), "{description}");
         assert!(

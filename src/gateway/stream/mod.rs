@@ -113,7 +113,8 @@ pub async fn download_response(
     upstream: impl UpstreamStream,
     lease: Lease,
 ) -> Result<Response, GatewayError> {
-    let mut items = Box::pin(stream_items(upstream, lease));
+    // Fused: the first message is awaited here, and a stream that ended before it must not be polled again.
+    let mut items = Box::pin(stream_items(upstream, lease).fuse());
     let (content_type, first) = match items.next().await {
         Some(Ok(message)) => http_body::response_parts(route, &message),
         Some(Err(status)) => return Err(GatewayError::Upstream(status)),
@@ -171,6 +172,8 @@ pub struct RequestStreamLimits {
     pub max_body_bytes: usize,
     pub max_message_bytes: usize,
     pub max_depth: usize,
+    /// The body was declared `application/json`: one JSON array, not NDJSON.
+    pub array_only: bool,
 }
 
 /// Feeds a JSON-array or NDJSON `body` into `sink` as request messages, one as soon as it has arrived.
@@ -199,8 +202,11 @@ async fn read_messages(
     limits: RequestStreamLimits,
     sink: &mpsc::Sender<Result<bytes::Bytes, tonic::Status>>,
 ) -> Result<(), GatewayError> {
-    let mut splitter =
-        JsonSplitter::new(SplitLimits { max_message_bytes: limits.max_message_bytes, max_depth: limits.max_depth });
+    let mut splitter = JsonSplitter::new(SplitLimits {
+        max_message_bytes: limits.max_message_bytes,
+        max_depth: limits.max_depth,
+        array_only: limits.array_only,
+    });
     let mut chunks = body.into_data_stream();
     let mut total = 0usize;
     loop {

@@ -45,6 +45,8 @@ pub struct SplitLimits {
     pub max_message_bytes: usize,
     /// Deepest accepted nesting of `{`/`[` within a message; the message object itself is depth 1.
     pub max_depth: usize,
+    /// Only the JSON-array framing is accepted (a body declared `application/json` is one JSON value).
+    pub array_only: bool,
 }
 
 /// A malformed streaming body.
@@ -204,6 +206,14 @@ impl JsonSplitter {
         }
         match (self.state, byte) {
             (State::Start, b'[') => self.state = State::ArrayOpen,
+            (State::Start, b'{') if self.limits.array_only => {
+                return Err(error(
+                    at,
+                    "an application/json body is a JSON array of messages; send newline-delimited objects as \
+                     application/x-ndjson"
+                        .to_owned(),
+                ));
+            }
             (State::Start | State::NdjsonBetween, b'{') => {
                 self.state = State::InMessage(Framing::Ndjson);
                 return Ok(false);
@@ -361,7 +371,17 @@ mod tests {
     use super::*;
     use serde_json::{Value, json};
 
-    const LIMITS: SplitLimits = SplitLimits { max_message_bytes: 1 << 20, max_depth: 64 };
+    #[test]
+    fn an_array_only_splitter_refuses_objects_at_the_top() {
+        let limits = SplitLimits { array_only: true, ..LIMITS };
+        let mut splitter = JsonSplitter::new(limits);
+        assert!(splitter.push(b" {\"a\":1}").is_err_and(|e| e.offset == 1 && e.message.contains("JSON array")));
+        let mut splitter = JsonSplitter::new(limits);
+        assert_eq!(splitter.push(b"[{\"a\":1}]").map(|pieces| pieces.len()), Ok(1));
+        assert_eq!(splitter.finish(), Ok(()));
+    }
+
+    const LIMITS: SplitLimits = SplitLimits { max_message_bytes: 1 << 20, max_depth: 64, array_only: false };
 
     /// Every chunking the tests feed a body in: whole, every two-way split, one byte at a time,
     /// and a few fixed sizes that cut bodies at unaligned places.
@@ -502,8 +522,8 @@ mod tests {
     }
 
     fn bad_cases() -> Vec<Bad> {
-        let deep = SplitLimits { max_message_bytes: 1 << 20, max_depth: 3 };
-        let small = SplitLimits { max_message_bytes: 16, max_depth: 64 };
+        let deep = SplitLimits { max_message_bytes: 1 << 20, max_depth: 3, array_only: false };
+        let small = SplitLimits { max_message_bytes: 16, max_depth: 64, array_only: false };
         vec![
             bad("number element", br#"[{"a":1}, 42]"#, 10, "array element 1 must be a JSON object, found a number"),
             bad("string element", br#"["x"]"#, 1, "array element 0 must be a JSON object, found a string"),
@@ -602,7 +622,7 @@ mod tests {
     #[test]
     fn only_the_message_in_progress_is_held() {
         // A limit far below the whitespace volume: whitespace between messages must not count.
-        let limits = SplitLimits { max_message_bytes: 8, max_depth: 4 };
+        let limits = SplitLimits { max_message_bytes: 8, max_depth: 4, array_only: false };
         let mut splitter = JsonSplitter::new(limits);
         assert_eq!(splitter.push(b"{\"a\":1}").expect("valid").len(), 1);
         let blank = vec![b'\n'; 64 * 1024];
@@ -620,7 +640,7 @@ mod tests {
     #[test]
     fn limits_are_inclusive() {
         // Exactly 16 bytes and exactly depth 3 are accepted.
-        let limits = SplitLimits { max_message_bytes: 16, max_depth: 3 };
+        let limits = SplitLimits { max_message_bytes: 16, max_depth: 3, array_only: false };
         let body = br#"[{"a":{"b":[1]}}, {"xyz":"012345"}]"#;
         let pieces = run(limits, &[body]).expect("within limits");
         assert_eq!(pieces.iter().map(Bytes::len).collect::<Vec<_>>(), vec![15, 16]);

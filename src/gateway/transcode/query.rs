@@ -103,7 +103,7 @@ fn resolve_query_path(input: &MessageDescriptor, key: &str) -> Option<Vec<FieldD
         let last = index + 1 == segments.len();
         match field.kind() {
             Kind::Message(nested) if !last => {
-                if field.is_list() || field.is_map() {
+                if field.is_list() || field.is_map() || has_special_json(&nested) {
                     return None;
                 }
                 message = nested;
@@ -159,7 +159,10 @@ fn collect_query_parameters(
         let json_name = format!("{json_prefix}{}", field.json_name());
         match field.kind() {
             Kind::Message(nested) if !is_string_form_message(nested.full_name()) => {
-                if field.is_list() || visiting.iter().any(|name| name == nested.full_name()) {
+                if field.is_list()
+                    || has_special_json(&nested)
+                    || visiting.iter().any(|name| name == nested.full_name())
+                {
                     continue;
                 }
                 visiting.push(nested.full_name().to_string());
@@ -177,6 +180,13 @@ fn collect_query_parameters(
             _ => out.push((json_name, field)),
         }
     }
+}
+
+/// Well-known types whose JSON form is not an object of their fields (Any, Struct, Value, ListValue, Empty):
+/// their fields cannot be set one by one from the query string (an Any's `value` without its type URL could
+/// not even be rendered back).
+fn has_special_json(message: &MessageDescriptor) -> bool {
+    message.full_name().starts_with("google.protobuf.") && !is_string_form_message(message.full_name())
 }
 
 /// Parses a path or query value for `field` (the element type, for repeated fields): numbers in decimal,
