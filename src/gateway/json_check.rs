@@ -132,3 +132,59 @@ mod tests {
         assert_eq!(check(b"[[[[1]]]]", 4), Ok(()), "exactly at the limit");
     }
 }
+
+/// Property tests: against serde_json, which parses the same grammar, on generated documents.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::check;
+
+    /// JSON values nested up to `depth` levels, with distinct object keys (serde_json's maps hold each key once).
+    fn json(depth: u32) -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+            ".{0,8}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(depth, 64, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(".{0,6}", inner, 0..4).prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn depth(value: &Value) -> usize {
+        match value {
+            Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+            Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_document_is_accepted_exactly_within_the_depth_limit(value in json(6), limit in 0usize..8) {
+            let text = serde_json::to_vec(&value).expect("serialises");
+            prop_assert_eq!(check(&text, limit).is_ok(), depth(&value) <= limit);
+        }
+
+        #[test]
+        fn a_repeated_key_is_refused(key in "[a-z]{1,5}", a in any::<i64>(), b in any::<i64>()) {
+            let text = format!("{{\"{key}\":{a},\"x{key}\":1,\"{key}\":{b}}}");
+            prop_assert!(check(text.as_bytes(), 8).is_err());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_and_agree_with_serde_json(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            // Anything the check accepts is JSON; it may refuse JSON only for depth or repeated keys.
+            if check(&bytes, 128).is_ok() {
+                prop_assert!(serde_json::from_slice::<Value>(&bytes).is_ok());
+            }
+        }
+    }
+}

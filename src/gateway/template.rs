@@ -1110,3 +1110,70 @@ mod tests {
         }
     }
 }
+
+/// Property tests: arbitrary input never panics the parser or the matcher, and a path built from a generated
+/// template matches it with exactly the values it was built from.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::PathTemplate;
+
+    #[derive(Debug, Clone)]
+    enum Part {
+        Literal(String),
+        Variable(String),
+    }
+
+    fn template() -> impl Strategy<Value = (Vec<Part>, Option<String>, bool)> {
+        let part = prop_oneof!["[a-z0-9]{1,5}".prop_map(Part::Literal), "[a-z]{1,4}".prop_map(Part::Variable)];
+        (prop::collection::vec(part, 1..5), prop::option::of("[a-z]{1,5}"), any::<bool>())
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_templates_and_paths_never_panic(template in "\\PC{0,24}", path in "\\PC{0,24}") {
+            if let Ok(parsed) = PathTemplate::parse(&template) {
+                let _ = parsed.matches(&path);
+                let _ = parsed.openapi_path();
+            }
+        }
+
+        #[test]
+        fn a_path_built_from_a_template_matches_it_with_its_values(
+            (parts, verb, rest) in template(),
+            values in prop::collection::vec("[A-Za-z0-9._~-]{1,6}", 5),
+            tail in prop::collection::vec("[a-z0-9]{1,4}", 1..3),
+        ) {
+            // Variable names must be distinct: number them.
+            let mut text = String::new();
+            let mut path = String::new();
+            let mut expected = Vec::new();
+            for (index, part) in parts.iter().enumerate() {
+                match part {
+                    Part::Literal(literal) => {
+                        text.push_str(&format!("/{literal}"));
+                        path.push_str(&format!("/{literal}"));
+                    }
+                    Part::Variable(name) => {
+                        text.push_str(&format!("/{{{name}{index}}}"));
+                        path.push_str(&format!("/{}", values[index]));
+                        expected.push(values[index].clone());
+                    }
+                }
+            }
+            if rest {
+                text.push_str("/{rest=**}");
+                path.push_str(&format!("/{}", tail.join("/")));
+                expected.push(tail.join("/"));
+            }
+            if let Some(verb) = &verb {
+                text.push_str(&format!(":{verb}"));
+                path.push_str(&format!(":{verb}"));
+            }
+            let parsed = PathTemplate::parse(&text).map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
+            let found = parsed.matches(&path).map(|m| m.values);
+            prop_assert_eq!(found, Some(expected), "{} against {}", path, text);
+        }
+    }
+}

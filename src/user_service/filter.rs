@@ -534,3 +534,37 @@ mod tests {
         }
     }
 }
+
+/// Property tests: the parser never panics, its error positions point inside the input, and generated valid
+/// filters parse into one condition per term.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::Filter;
+
+    fn term() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-zA-Z0-9 ]{0,8}".prop_map(|v| format!("name = \"{}\"", v.replace('"', ""))),
+            "[a-z0-9@.]{1,12}".prop_map(|v| format!("email:\"{v}\"")),
+            "[a-z]{1,8}".prop_map(|v| format!("roles:{v}")),
+            prop_oneof![Just("ACTIVE"), Just("INACTIVE"), Just("SUSPENDED")].prop_map(|v| format!("status = {v}")),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_input_never_panics_and_errors_point_inside_it(input in "\\PC{0,40}") {
+            if let Err(error) = Filter::parse(&input) {
+                prop_assert!(error.position <= input.chars().count() + 1, "{} for {:?}", error.position, input);
+            }
+        }
+
+        #[test]
+        fn generated_filters_parse_term_by_term(terms in prop::collection::vec(term(), 1..6)) {
+            let text = terms.join(" AND ");
+            let filter = Filter::parse(&text).map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
+            prop_assert_eq!(filter.conditions().len(), terms.len(), "{}", text);
+        }
+    }
+}

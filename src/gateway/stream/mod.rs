@@ -63,10 +63,9 @@ pub const NDJSON: &str = "application/x-ndjson";
 /// A server stream as SSE. `lease` keeps the upstream connection counted as busy until the stream ends.
 pub fn sse_response(route: &Route, upstream: impl UpstreamStream, lease: Lease, keep_alive: Duration) -> Response {
     let id_field = route.sse.event_id_field.clone();
-    let events = stream_items(upstream, lease).map(move |item| {
+    let events = rendered_items(upstream, lease).map(move |item| {
         let event = match item {
-            Ok(message) => {
-                let data = message_json(&message).unwrap_or_default();
+            Ok((message, data)) => {
                 let mut event = Event::default().data(String::from_utf8_lossy(&data));
                 if let Some(field) = &id_field {
                     event = event.id(event_id(&message.get_field(field)));
@@ -85,11 +84,11 @@ pub fn sse_response(route: &Route, upstream: impl UpstreamStream, lease: Lease, 
 
 /// A server stream as NDJSON lines.
 pub fn ndjson_response(upstream: impl UpstreamStream, lease: Lease) -> Response {
-    let lines = stream_items(upstream, lease).map(|item| {
+    let lines = rendered_items(upstream, lease).map(|item| {
         // Written by hand around the already-serialized message, so field order is kept and nothing is
         // parsed twice.
         let (key, json) = match item {
-            Ok(message) => (&b"{\"result\":"[..], Bytes::from(message_json(&message).unwrap_or_default())),
+            Ok((_, json)) => (&b"{\"result\":"[..], Bytes::from(json)),
             Err(status) => (&b"{\"error\":"[..], error_json(&status)),
         };
         let mut line = Vec::with_capacity(key.len() + json.len() + 2);
@@ -132,11 +131,29 @@ pub async fn download_response(
     Ok(response)
 }
 
-/// The upstream messages, then at most one error; the lease is released when the stream ends or is dropped.
-fn stream_items(
+/// The upstream messages with their JSON, then at most one error. A message that cannot be rendered (an Any
+/// whose type the descriptors lack, say) ends the stream with an INTERNAL error event or line, rather than an
+/// empty event or an invalid line that the client would take for data.
+fn rendered_items(
     upstream: impl UpstreamStream,
-    lease: Lease,
-) -> impl Stream<Item = Result<DynamicMessage, tonic::Status>> + Send + 'static {
+    lease: impl Send + 'static,
+) -> impl Stream<Item = Result<(DynamicMessage, Vec<u8>), tonic::Status>> + Send + 'static {
+    let rendered = upstream.map(|item| {
+        let message = item?;
+        match message_json(&message) {
+            Ok(json) => Ok((message, json)),
+            Err(error) => Err(tonic::Status::internal(format!("a stream message cannot be rendered as JSON: {error}"))),
+        }
+    });
+    stream_items(rendered, lease)
+}
+
+/// The items, then at most one error; the lease (whatever keeps the upstream counted as busy) is released when
+/// the stream ends or is dropped.
+fn stream_items<T: Send + 'static>(
+    upstream: impl Stream<Item = Result<T, tonic::Status>> + Send + 'static,
+    lease: impl Send + 'static,
+) -> impl Stream<Item = Result<T, tonic::Status>> + Send + 'static {
     futures::stream::unfold(Some((Box::pin(upstream), lease)), |state| async move {
         let (mut upstream, lease) = state?;
         match upstream.next().await? {
@@ -235,4 +252,33 @@ async fn read_messages(
         }
     }
     splitter.finish().map_err(|e| GatewayError::BadRequest(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An Any whose type the descriptors do not know cannot be rendered as proto3 JSON.
+    fn unrenderable() -> DynamicMessage {
+        let any = crate::proto::DESCRIPTOR_POOL.get_message_by_name("google.protobuf.Any").expect("Any in the pool");
+        let mut message = DynamicMessage::new(any);
+        message.set_field_by_name("type_url", Value::String("type.googleapis.com/not.Known".into()));
+        message
+    }
+
+    fn renderable() -> DynamicMessage {
+        let empty = crate::proto::DESCRIPTOR_POOL.get_message_by_name("google.protobuf.Empty").expect("Empty");
+        DynamicMessage::new(empty)
+    }
+
+    #[tokio::test]
+    async fn a_message_that_cannot_be_rendered_ends_the_stream_with_an_error() {
+        let upstream = futures::stream::iter([Ok(renderable()), Ok(unrenderable()), Ok(renderable())]);
+        let items: Vec<_> = rendered_items(upstream, ()).collect().await;
+        assert_eq!(items.len(), 2, "the stream ends at the message it cannot render");
+        assert!(items[0].as_ref().is_ok_and(|(_, json)| json == b"{}"));
+        let error = items[1].as_ref().expect_err("an error item");
+        assert_eq!(error.code(), tonic::Code::Internal);
+        assert!(error.message().contains("cannot be rendered"), "{}", error.message());
+    }
 }

@@ -681,3 +681,73 @@ mod tests {
         assert_eq!(err.to_string(), "invalid streaming body at byte 42: trailing comma");
     }
 }
+
+/// Property tests: generated streams in both framings, cut into chunks anywhere, against serde_json.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::{Map, Value};
+
+    use super::{JsonSplitter, SplitLimits};
+
+    const LIMITS: SplitLimits = SplitLimits { max_message_bytes: 1 << 20, max_depth: 64, array_only: false };
+
+    fn object() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i32>().prop_map(Value::from),
+            // Strings with the characters that matter to a scanner: quotes, escapes, brackets, non-ASCII.
+            "[a-z\"\\\\{}\\[\\],: é€\n]{0,8}".prop_map(Value::String),
+        ];
+        let value = leaf.prop_recursive(3, 32, 3, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z]{1,4}", inner, 0..3)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        });
+        prop::collection::btree_map("[a-z\"{]{1,4}", value, 0..4)
+            .prop_map(|m| Value::Object(m.into_iter().collect::<Map<String, Value>>()))
+    }
+
+    /// Splits `body` fed in chunks cut at `cuts` (positions modulo the length).
+    fn split(body: &[u8], cuts: &[usize]) -> Result<Vec<Value>, String> {
+        let mut positions: Vec<usize> = cuts.iter().map(|cut| cut % (body.len() + 1)).collect();
+        positions.push(0);
+        positions.push(body.len());
+        positions.sort_unstable();
+        positions.dedup();
+        let mut splitter = JsonSplitter::new(LIMITS);
+        let mut pieces = Vec::new();
+        for window in positions.windows(2) {
+            pieces.extend(splitter.push(&body[window[0]..window[1]]).map_err(|e| e.to_string())?);
+        }
+        splitter.finish().map_err(|e| e.to_string())?;
+        pieces.iter().map(|piece| serde_json::from_slice(piece).map_err(|e| e.to_string())).collect()
+    }
+
+    proptest! {
+        #[test]
+        fn every_message_comes_out_whole_whatever_the_chunks(
+            messages in prop::collection::vec(object(), 0..5),
+            cuts in prop::collection::vec(any::<usize>(), 0..8),
+            ndjson in any::<bool>(),
+        ) {
+            let body = if ndjson {
+                messages.iter().map(|m| format!("{m}\n")).collect::<String>()
+            } else {
+                serde_json::to_string_pretty(&Value::Array(messages.clone())).expect("serialises")
+            };
+            prop_assert_eq!(split(body.as_bytes(), &cuts), Ok(messages));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..64), cuts in prop::collection::vec(any::<usize>(), 0..4)) {
+            // Whatever comes out parses as JSON: the scanner hands serde only whole objects.
+            if let Ok(values) = split(&bytes, &cuts) {
+                prop_assert!(values.iter().all(Value::is_object));
+            }
+        }
+    }
+}
