@@ -33,7 +33,9 @@ pub fn spawn(live: &Arc<LiveCatalog>, shutdown: &CancellationToken) {
         }
     }
     if sources.reflection {
-        tokio::spawn(shutdown.clone().run_until_cancelled_owned(refresh_reflection(Arc::clone(live))));
+        tokio::spawn(
+            shutdown.clone().run_until_cancelled_owned(refresh_reflection(Arc::clone(live), shutdown.clone())),
+        );
     }
 }
 
@@ -147,20 +149,20 @@ fn watch_files(live: &Arc<LiveCatalog>) -> Result<impl Future<Output = ()> + Sen
 
 /// Reads reflection again every refresh interval, and soon after any cluster's endpoint set changes (a new
 /// replica may run a newer version of the service).
-async fn refresh_reflection(live: Arc<LiveCatalog>) {
+async fn refresh_reflection(live: Arc<LiveCatalog>, shutdown: CancellationToken) {
     let interval = live.sources().reflection_refresh;
     let (changed, mut changes) = mpsc::channel::<()>(1);
     for cluster in live.clusters().iter() {
         let mut endpoint_set = cluster.upstream.endpoint_set_changes();
         let changed = changed.clone();
-        tokio::spawn(async move {
+        let forward = async move {
             endpoint_set.borrow_and_update();
             while endpoint_set.changed().await.is_ok() {
-                if changed.send(()).await.is_err() {
-                    return;
-                }
+                // Full: a reload is already due, and it will see this change too.
+                let _ = changed.try_send(());
             }
-        });
+        };
+        tokio::spawn(shutdown.clone().run_until_cancelled_owned(forward));
     }
     drop(changed);
     let mut next = tokio::time::Instant::now() + interval;
