@@ -615,6 +615,14 @@ async fn reflection_follows_the_upstream_and_sighup() -> Result<(), Error> {
     let view = gateway.reloaded(2).await?;
     assert_eq!((&view["last_reload"]["trigger"], &view["last_reload"]["ok"]), (&json!("SIGHUP"), &json!(true)));
 
+    // Reflection is also read again on its interval.
+    let periodic = self::gateway(&["--upstream", &new.url(), "--reflection", "--reflection-refresh", "1s"]).await?;
+    let view = periodic.reloaded(1).await?;
+    assert_eq!(
+        (&view["last_reload"]["trigger"], &view["last_reload"]["ok"]),
+        (&json!("reflection refresh"), &json!(true))
+    );
+
     // The upstream gone: reflection is unreachable, the reload fails, the last table keeps serving routes.
     drop(new);
     gateway.process.signal("-HUP")?;
