@@ -5,7 +5,10 @@
 //! number of concurrent workers: REST GET and POST through the gateway, and gRPC GetUser and CreateUser straight
 //! to the UserService. A fifth phase (`--replicas`, 3 by default, 0 skips it) repeats the REST GET load through a
 //! new gateway that balances over that many UserService replicas sharing one database, and reports how evenly
-//! the requests and the CPU spread over them. It prints a table and writes the same figures to
+//! the requests and the CPU spread over them. A sixth (`--postgres-replicas`, 2 by default, 0 skips it; see
+//! gateway/postgres.rs) runs REST creates and gets through a gateway over replicas that share a PostgreSQL
+//! database the benchmark creates and drops, publishing to a NATS server it starts when there is one, and adds
+//! the events published per second and the relay's lag. It prints a table and writes the same figures to
 //! `target/bench/gateway.json`.
 //!
 //! Run it with `scripts/bench.sh` or `cargo bench --bench gateway`. `scripts/bench.sh --help` lists the options,
@@ -39,6 +42,11 @@ use portico::proto::user::user_service_client::UserServiceClient;
 use portico::proto::user::{CreateUserRequest, GetUserRequest};
 use serde::Deserialize;
 use tonic::transport::Channel;
+
+#[path = "gateway/postgres.rs"]
+mod postgres;
+#[path = "gateway/services.rs"]
+mod services;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type HttpSender = SendRequest<Full<Bytes>>;
@@ -104,6 +112,21 @@ struct Settings {
     #[arg(long, env = "BENCH_REPLICAS", default_value_t = 3)]
     replicas: usize,
 
+    /// UserService replicas sharing one PostgreSQL database in the PostgreSQL phase (REST POST and GET through
+    /// one gateway); 0 skips it.
+    #[arg(long, env = "BENCH_POSTGRES_REPLICAS", default_value_t = 2)]
+    postgres_replicas: usize,
+
+    /// Admin URL of the PostgreSQL server where the PostgreSQL phase creates its database (and drops it after).
+    /// The phase is skipped, with a note, when the server cannot be reached.
+    #[arg(long, env = "BENCH_POSTGRES", default_value = "postgres://root@127.0.0.1:5432/postgres")]
+    postgres: String,
+
+    /// The nats-server binary that the PostgreSQL phase starts on a free port for its event figures (without
+    /// one, the phase runs without publishing).
+    #[arg(long, env = "BENCH_NATS_SERVER", default_value = "nats-server")]
+    nats_server: String,
+
     /// Passed by `cargo bench` to every benchmark, and not by `cargo test --all-targets`, which then skips it.
     #[arg(long, hide = true)]
     bench: bool,
@@ -116,6 +139,9 @@ impl Settings {
         }
         if self.workers == 0 || self.users == 0 || self.grpc_connections == 0 {
             return Err("--workers, --users and --grpc-connections must be at least 1".into());
+        }
+        if self.postgres_replicas == 1 {
+            return Err("--postgres-replicas must be 0 (skip the phase) or at least 2".into());
         }
         if self.replicas > usize::from(u8::MAX - FIRST_REPLICA_IP) {
             return Err(format!(
@@ -136,6 +162,9 @@ enum Phase {
     GrpcPost,
     /// REST GET through a gateway in front of `--replicas` UserServices; not in `ALL`, it runs on its own servers.
     RestGetReplicas,
+    /// REST POST and GET through a gateway in front of UserServices on one PostgreSQL database (postgres.rs).
+    PgRestPost,
+    PgRestGet,
 }
 
 impl Phase {
@@ -148,6 +177,8 @@ impl Phase {
             Phase::RestPost => "REST POST /v1/users",
             Phase::GrpcPost => "gRPC CreateUser (direct)",
             Phase::RestGetReplicas => "REST GET, replicas",
+            Phase::PgRestPost => "REST POST, PostgreSQL",
+            Phase::PgRestGet => "REST GET, PostgreSQL",
         }
     }
 
@@ -158,6 +189,8 @@ impl Phase {
             Phase::RestPost => "rest_post",
             Phase::GrpcPost => "grpc_post",
             Phase::RestGetReplicas => "rest_get_replicas",
+            Phase::PgRestPost => "pg_rest_post",
+            Phase::PgRestGet => "pg_rest_get",
         }
     }
 }
@@ -284,6 +317,13 @@ async fn run(settings: Settings) -> Result<(), BoxError> {
         result.print();
         Some(result)
     };
+    let postgres = if settings.postgres_replicas == 0 {
+        None
+    } else {
+        let result = postgres::run(&settings, dir.path(), ticks_per_sec).await?;
+        result.iter().for_each(postgres::PostgresResult::print);
+        result
+    };
 
     let report = serde_json::json!({
         "benchmark": "gateway",
@@ -302,12 +342,14 @@ async fn run(settings: Settings) -> Result<(), BoxError> {
                                "iterations": settings.hash_iterations, "parallelism": 1 },
             "server_log_filter": settings.log_filter,
             "replicas": settings.replicas,
+            "postgres_replicas": settings.postgres_replicas,
         },
         "phases": results.iter().map(PhaseResult::to_json).collect::<Vec<_>>(),
         "key_ratio": { "name": "gateway CPU per REST GET / UserService CPU per REST GET", "value": key_ratio,
                        "target_max": TARGET_RATIO, "pass": key_ratio.map(|r| r <= TARGET_RATIO) },
         "gateway_to_direct_grpc_client_cpu_ratio": client_ratio,
         "rest_get_replicas": replicas.as_ref().map(ReplicaResult::to_json),
+        "postgres": postgres.as_ref().map(postgres::PostgresResult::to_json),
     });
     let path = report_path();
     if let Some(parent) = path.parent() {
@@ -405,7 +447,7 @@ async fn run_replicas(settings: &Settings, dir: &Path, ticks_per_sec: f64) -> Re
     drop(target);
     drop(gateway);
     drop(replicas);
-    Ok(ReplicaResult::new(run, addrs, port, ticks_per_sec))
+    Ok(ReplicaResult::new(Phase::RestGetReplicas, run, addrs, port, ticks_per_sec))
 }
 
 /// 127.0.0.2 for the first replica, 127.0.0.3 for the second, …
@@ -691,7 +733,7 @@ async fn one_request(
     rng: &mut fastrand::Rng,
 ) -> Result<(), BoxError> {
     match phase {
-        Phase::RestGet | Phase::RestGetReplicas => {
+        Phase::RestGet | Phase::RestGetReplicas | Phase::PgRestGet => {
             let id = target.ids[rng.usize(..target.ids.len())];
             let path = format!("/v1/users/{id}");
             http_call(target.gateway, &target.host, http, Method::GET, &path, None).await?;
@@ -702,7 +744,7 @@ async fn one_request(
             let response = grpc.get_user(GetUserRequest { id }).await?;
             response.into_inner().user.map(|_| ()).ok_or_else(|| "GetUser returned no user".into())
         }
-        Phase::RestPost => {
+        Phase::RestPost | Phase::PgRestPost => {
             let request = create_request(&format!("bench-{}", target.next_email.fetch_add(1, Ordering::Relaxed)));
             let body =
                 serde_json::json!({ "name": request.name, "email": request.email, "password": request.password });
@@ -874,7 +916,7 @@ struct ReplicaFigures {
 }
 
 impl ReplicaResult {
-    fn new(run: Run<ReplicaSample>, addrs: Vec<SocketAddr>, port: u16, ticks_per_sec: f64) -> Self {
+    fn new(phase: Phase, run: Run<ReplicaSample>, addrs: Vec<SocketAddr>, port: u16, ticks_per_sec: f64) -> Self {
         let delta = |before: &[u64], after: &[u64]| -> Vec<u64> {
             before.iter().zip(after).map(|(b, a)| a.saturating_sub(*b)).collect()
         };
@@ -890,7 +932,7 @@ impl ReplicaResult {
             .map(|((addr, calls), &cpu_ticks)| ReplicaFigures { addr, calls, cpu_ticks })
             .collect();
         ReplicaResult {
-            summary: PhaseResult::new(Phase::RestGetReplicas, run.tally, run.elapsed, cpu_ticks, ticks_per_sec),
+            summary: PhaseResult::new(phase, run.tally, run.elapsed, cpu_ticks, ticks_per_sec),
             replicas,
             port,
         }

@@ -22,7 +22,8 @@ use crate::upstream::retry::{Backoff, RetryBudgetConfig, RetryPolicy};
 use crate::upstream::{PoolConfig, RetryConfig, UpstreamConfig};
 use crate::user_service::FeedConfig;
 use crate::user_service::password::HashCost;
-use crate::user_service::store::is_postgres_url;
+use crate::user_service::relay::TailOptions;
+use crate::user_service::store::{ChangeKind, is_postgres_url};
 
 /// Portico: a REST-to-gRPC gateway and the UserService behind it.
 #[derive(Debug, Parser)]
@@ -74,9 +75,38 @@ pub struct EventsTailArgs {
     #[arg(long, env = "PORTICO_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
 
+    /// Only events after this revision (the last one already processed, as a watch's `since_revision`);
+    /// 0 starts with the oldest event in the stream.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
+    pub since: i64,
+
+    /// Only events of this type.
+    #[arg(long = "type", value_enum)]
+    pub kind: Option<EventType>,
+
     /// Stop after this many events (default: follow until interrupted).
     #[arg(long)]
     pub limit: Option<u64>,
+}
+
+/// The `--type` of `events tail`: the last part of the subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventType {
+    Created,
+    Updated,
+    Deleted,
+}
+
+impl EventsTailArgs {
+    /// What `events tail` prints.
+    pub fn options(&self) -> TailOptions {
+        let kind = self.kind.map(|kind| match kind {
+            EventType::Created => ChangeKind::Created,
+            EventType::Updated => ChangeKind::Updated,
+            EventType::Deleted => ChangeKind::Deleted,
+        });
+        TailOptions { since: self.since, kind, limit: self.limit }
+    }
 }
 
 /// Flags of `portico healthcheck`.

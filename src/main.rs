@@ -112,16 +112,17 @@ async fn serve_admin(
     Ok(())
 }
 
-/// One plain HTTP/1.1 GET; Ok when the answer's status is 200. Small on purpose: container images need no
-/// curl for their HEALTHCHECK.
+/// `portico events tail`: prints events until the limit, the end of the connection, or a signal.
 async fn tail_events(args: &EventsTailArgs, shutdown: CancellationToken) -> Result<(), BoxError> {
     let mut out = std::io::stdout();
     tokio::select! {
-        result = user_service::relay::tail(&args.nats_url, args.limit, &mut out) => Ok(result?),
+        result = user_service::relay::tail(&args.nats_url, args.options(), &mut out) => Ok(result?),
         () = shutdown.cancelled() => Ok(()),
     }
 }
 
+/// One plain HTTP/1.1 GET; Ok when the answer's status is 200. Small on purpose: container images need no
+/// curl for their HEALTHCHECK.
 async fn healthcheck(args: &HealthcheckArgs) -> Result<(), BoxError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let uri: http::Uri = args.url.parse()?;

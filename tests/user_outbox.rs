@@ -1,62 +1,18 @@
 //! The outbox relay on both backends: every change reaches NATS JetStream once, in revision order, as a
 //! CloudEvent with `Nats-Msg-Id` = revision; the published mark moves only after the acknowledgement; changes
 //! made while NATS is down are published when it returns, even past the change-log window; one relay at a time
-//! holds the lease; `portico events tail` prints the stream.
+//! holds the lease; `portico events tail` prints the stream, from a revision on and of one type.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer};
-use common::nats::{NatsServer, free_port};
+use common::nats::{NatsServer, free_port, read_stream};
 use common::{Backend, TestResult, TestStorage, create, start_with};
-use futures::StreamExt;
 use portico::proto::user::{DeleteUserRequest, UpdateUserRequest, User};
-use portico::user_service::relay::STREAM;
-use portico::user_service::store::{self, Store, StoreOptions};
+use portico::user_service::store::{self, NewUser, Store, StoreOptions};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
-
-/// One message of the stream: subject, `Nats-Msg-Id`, payload.
-struct Published {
-    subject: String,
-    message_id: String,
-    event: serde_json::Value,
-}
-
-/// Reads the first `count` messages of the stream (waiting for the stream to exist and fill up).
-async fn read_stream(nats_url: &str, count: usize) -> Result<Vec<Published>, Error> {
-    let jetstream = jetstream::new(async_nats::connect(nats_url).await?);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let stream = loop {
-        match jetstream.get_stream(STREAM).await {
-            Ok(stream) => break stream,
-            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
-            Err(error) => return Err(format!("the relay never created the stream: {error}").into()),
-        }
-    };
-    let mut messages = stream.create_consumer(consumer::pull::OrderedConfig::default()).await?.messages().await?;
-    let mut published = Vec::new();
-    while published.len() < count {
-        let message = tokio::time::timeout(Duration::from_secs(20), messages.next()).await?.ok_or("stream ended")??;
-        let message_id = message
-            .headers
-            .as_ref()
-            .and_then(|headers| headers.get("Nats-Msg-Id"))
-            .map(|id| id.to_string())
-            .unwrap_or_default();
-        published.push(Published {
-            subject: message.subject.to_string(),
-            message_id,
-            event: serde_json::from_slice(&message.payload)?,
-        });
-    }
-    // Nothing more than `count`: a duplicate would show up here.
-    if let Ok(Some(extra)) = tokio::time::timeout(Duration::from_millis(500), messages.next()).await {
-        return Err(format!("an extra message: {:?}", extra.map(|m| m.payload.clone())).into());
-    }
-    Ok(published)
-}
 
 async fn open(storage: &TestStorage) -> Result<std::sync::Arc<dyn Store>, Error> {
     let options = StoreOptions { change_log_window: 10_000, max_connections: 2, retain_unpublished: true };
@@ -241,6 +197,89 @@ async fn events_tail_prints_the_stream_as_json_lines() -> TestResult {
         String::from_utf8(output.stdout)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
     let names: Vec<&serde_json::Value> = lines.iter().map(|event| &event["data"]["name"]).collect();
     assert_eq!(names, ["Ada", "Grace"]);
+    Ok(())
+}
+
+/// Runs `portico events tail ARGS…` to its end; returns the revisions it printed and what it logged.
+async fn events_tail(nats_url: &str, args: &[&str]) -> Result<(Vec<i64>, String), Error> {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_portico"))
+        .args(["events", "tail", "--nats-url", nats_url])
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(20), output)
+        .await
+        .map_err(|_| format!("events tail {args:?} did not end"))??;
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    if !output.status.success() {
+        return Err(format!("events tail {args:?} failed: {stderr}").into());
+    }
+    let revisions = String::from_utf8(output.stdout)?
+        .lines()
+        .map(|line| {
+            let event: serde_json::Value = serde_json::from_str(line)?;
+            event["revision"].as_i64().ok_or_else(|| Error::from(format!("no revision in {line}")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((revisions, stderr))
+}
+
+/// `--since` and `--type` on a stream whose sequences are not the revisions: revisions 1 and 2 were pruned
+/// from the change log before a relay ran, so the stream starts at revision 3 with sequence 1.
+#[tokio::test]
+async fn events_tail_starts_after_a_revision_and_filters_by_type() -> TestResult {
+    let storage = TestStorage::create(Backend::Sqlite).await;
+    {
+        let options = StoreOptions { change_log_window: 2, max_connections: 1, retain_unpublished: false };
+        let store = store::open(&storage.url(), options).await?;
+        for name in ["ada", "grace", "edsger", "barbara"] {
+            let user = NewUser {
+                name: name.into(),
+                email: format!("{name}@example.com"),
+                roles: vec![],
+                password_hash: "not-a-hash".into(),
+            };
+            store.create_users(vec![user]).await?;
+        }
+    }
+    let nats = NatsServer::start().await;
+    let (nats_url, database_url) = (nats.url.clone(), storage.url());
+    let server = start_with(Backend::Sqlite, |config| {
+        config.nats_url = Some(nats_url);
+        config.database_url = database_url;
+    })
+    .await;
+    let mut client = server.client().await;
+    let renamed = User { id: 1, name: "Ada L.".into(), ..Default::default() };
+    client.update_user(UpdateUserRequest { user: Some(renamed), update_mask: None }).await?; // 5
+    client.delete_user(DeleteUserRequest { id: 2 }).await?; // 6
+    create(&mut client, "Alan", "alan@example.com").await; // 7
+    let ids: Vec<String> = read_stream(&nats.url, 5).await?.into_iter().map(|message| message.message_id).collect();
+    assert_eq!(ids, ["3", "4", "5", "6", "7"], "sequences 1 to 5 hold revisions 3 to 7");
+
+    let cases: [(&[&str], &[i64]); 6] = [
+        (&["--limit", "5"], &[3, 4, 5, 6, 7]),
+        (&["--since", "5", "--limit", "2"], &[6, 7]),
+        (&["--since", "2", "--limit", "1"], &[3]),
+        (&["--type", "created", "--limit", "3"], &[3, 4, 7]),
+        (&["--since", "4", "--type", "created", "--limit", "1"], &[7]),
+        (&["--since", "3", "--type", "deleted", "--limit", "1"], &[6]),
+    ];
+    for (args, expected) in cases {
+        let (revisions, _) = events_tail(&nats.url, args).await?;
+        assert_eq!(revisions, expected, "events tail {args:?}");
+    }
+    let (revisions, stderr) = events_tail(&nats.url, &["--since", "1", "--limit", "1"]).await?;
+    assert_eq!(revisions, [3]);
+    assert!(stderr.contains("no longer in"), "the gap is reported: {stderr}");
+
+    // After the newest revision: waits for the next event.
+    let url = nats.url.clone();
+    let waiting = tokio::spawn(async move { events_tail(&url, &["--since", "7", "--limit", "1"]).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    create(&mut client, "Margaret", "margaret@example.com").await; // 8
+    let (revisions, _) = waiting.await??;
+    assert_eq!(revisions, [8]);
     Ok(())
 }
 

@@ -5,7 +5,12 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+use portico::user_service::relay::STREAM;
 use tempfile::TempDir;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
 
 pub struct NatsServer {
     pub url: String,
@@ -59,4 +64,49 @@ impl Drop for NatsServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One message of the user events stream: subject, `Nats-Msg-Id`, payload.
+#[derive(Debug)]
+pub struct Published {
+    pub subject: String,
+    pub message_id: String,
+    pub event: serde_json::Value,
+}
+
+/// Reads the first `count` messages of the stream (waiting for the stream to exist and fill up), and fails if
+/// a message more follows within half a second: a duplicate would show up there.
+pub async fn read_stream(nats_url: &str, count: usize) -> Result<Vec<Published>, Error> {
+    let jetstream = jetstream::new(async_nats::connect(nats_url).await?);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let stream = loop {
+        match jetstream.get_stream(STREAM).await {
+            Ok(stream) => break stream,
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(error) => return Err(format!("the relay never created the stream: {error}").into()),
+        }
+    };
+    let mut messages = stream.create_consumer(consumer::pull::OrderedConfig::default()).await?.messages().await?;
+    let mut published = Vec::new();
+    while published.len() < count {
+        let next = tokio::time::timeout(Duration::from_secs(20), messages.next())
+            .await
+            .map_err(|_| format!("only {} of {count} messages arrived within 20 s: {published:#?}", published.len()))?;
+        let message = next.ok_or("stream ended")??;
+        let message_id = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get("Nats-Msg-Id"))
+            .map(|id| id.to_string())
+            .unwrap_or_default();
+        published.push(Published {
+            subject: message.subject.to_string(),
+            message_id,
+            event: serde_json::from_slice(&message.payload)?,
+        });
+    }
+    if let Ok(Some(extra)) = tokio::time::timeout(Duration::from_millis(500), messages.next()).await {
+        return Err(format!("an extra message: {:?}", extra.map(|m| m.payload.clone())).into());
+    }
+    Ok(published)
 }

@@ -13,6 +13,7 @@
 //! retry every few seconds, so a relay whose process dies is replaced.
 
 mod cloudevent;
+mod start;
 mod tail;
 
 use std::future::IntoFuture;
@@ -23,7 +24,7 @@ use async_nats::jetstream::{self, message::PublishMessage, stream};
 use tokio_util::sync::CancellationToken;
 
 pub use cloudevent::{CloudEvent, SOURCE, SUBJECTS, subject};
-pub use tail::{TailError, tail};
+pub use tail::{TailError, TailOptions, tail};
 
 use crate::user_service::store::{Store, StoreError, poll_interval, wait_for_commit};
 
