@@ -170,12 +170,13 @@ pub async fn run(settings: &Settings, dir: &Path, ticks_per_sec: f64) -> Result<
     let mut loads = Vec::new();
     let mut events = None;
     for phase in [Phase::PgRestPost, Phase::PgRestGet] {
+        let relay_figures = nats_url.filter(|_| phase == Phase::PgRestPost);
         let stop = Arc::new(AtomicBool::new(false));
-        let lags = sample_lag(pool.clone(), Arc::clone(&stop));
+        let lags = relay_figures.map(|_| sample_lag(pool.clone(), Arc::clone(&stop)));
         let run = drive(phase, settings, &target, sample).await?;
         stop.store(true, Ordering::Relaxed);
-        let lags = lags.await?.map_err(|e| format!("sampling the relay's lag: {e}"))?;
-        if let (Some(nats_url), Phase::PgRestPost) = (nats_url, phase) {
+        if let (Some(nats_url), Some(lags)) = (relay_figures, lags) {
+            let lags = lags.await?.map_err(|e| format!("sampling the relay's lag: {e}"))?;
             let catch_up = caught_up(&pool).await?;
             let seconds = run.elapsed.as_secs_f64();
             let published = run.after.published - run.before.published;
