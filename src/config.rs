@@ -64,7 +64,8 @@ pub struct EventsArgs {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum EventsCommand {
-    /// Print every event in the stream as one CloudEvents JSON line, oldest first, then follow new ones.
+    /// Print the events in the stream as CloudEvents JSON lines, oldest first (or after `--since`), then follow
+    /// new ones.
     Tail(EventsTailArgs),
 }
 
@@ -77,11 +78,11 @@ pub struct EventsTailArgs {
 
     /// Only events after this revision (the last one already processed, as a watch's `since_revision`);
     /// 0 starts with the oldest event in the stream.
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
+    #[arg(long, value_name = "REVISION", default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
     pub since: i64,
 
     /// Only events of this type.
-    #[arg(long = "type", value_enum)]
+    #[arg(long = "type", value_name = "TYPE", value_enum)]
     pub kind: Option<EventType>,
 
     /// Stop after this many events (default: follow until interrupted).
