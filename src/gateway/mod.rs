@@ -20,6 +20,7 @@ mod json_check;
 pub mod metadata;
 pub mod openapi;
 mod ops;
+mod request_id;
 pub mod rules;
 pub mod server;
 pub mod stream;
@@ -43,7 +44,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::upstream::{UpstreamConfig, UpstreamError};
@@ -194,7 +195,7 @@ pub async fn start(
     // Layers, outermost first: the request id exists before anything logs; the log line sees the final
     // response (compressed, CORS headers, even a caught panic's 500); compression and CORS wrap the handler.
     let layers = ServiceBuilder::new()
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(SetRequestIdLayer::x_request_id(request_id::MakeRandomRequestId))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
             TraceLayer::new_for_http()
