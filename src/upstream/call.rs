@@ -268,35 +268,9 @@ where
 pub fn request<T>(metadata: MetadataMap, message: T, time_left: Option<Duration>) -> tonic::Request<T> {
     let mut request = tonic::Request::from_parts(metadata, Extensions::default(), message);
     if let Some(time_left) = time_left {
-        request.metadata_mut().insert("grpc-timeout", grpc_timeout(time_left));
+        request.set_timeout(time_left);
     }
     request
-}
-
-/// `time_left` in gRPC's timeout format, rounded down to whole milliseconds once it is a millisecond or more
-/// (to seconds, minutes, hours as 8 digits require).
-///
-/// tonic's `set_timeout` writes it to the nanosecond or microsecond, a value that differs on every call: HPACK
-/// can never index it, and the server decodes a fresh literal each time. In milliseconds it repeats from call
-/// to call (a 30 s default leaves `29999m` nearly always) and costs one byte once indexed. Rounding down never
-/// extends the deadline; tonic's client enforces the same value.
-fn grpc_timeout(time_left: Duration) -> tonic::metadata::MetadataValue<tonic::metadata::Ascii> {
-    const MAX: u128 = 99_999_999;
-    let millis = time_left.as_millis();
-    let text = if millis == 0 {
-        format!("{}u", time_left.as_micros().max(1))
-    } else if millis <= MAX {
-        format!("{millis}m")
-    } else if u128::from(time_left.as_secs()) <= MAX {
-        format!("{}S", time_left.as_secs())
-    } else if u128::from(time_left.as_secs() / 60) <= MAX {
-        format!("{}M", time_left.as_secs() / 60)
-    } else {
-        format!("{}H", (time_left.as_secs() / 3600).min(99_999_999))
-    };
-    // Digits and a unit letter: always valid ASCII metadata.
-    tonic::metadata::MetadataValue::try_from(text.as_str())
-        .unwrap_or_else(|_| tonic::metadata::MetadataValue::from_static("1u"))
 }
 
 /// A client stream that can be sent again until its first message has gone out.
@@ -377,7 +351,6 @@ impl Stream for AttemptStream {
 
 #[cfg(test)]
 mod tests {
-
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use futures::StreamExt;
@@ -388,24 +361,6 @@ mod tests {
     use crate::upstream::limit::{ConcurrencyLimit, LimitConfig, Slot};
     use crate::upstream::pool::{PoolConfig, parse_url};
     use crate::upstream::retry::{Backoff, RetryBudget, RetryBudgetConfig, RetryPolicy};
-
-    #[test]
-    fn deadlines_go_upstream_in_milliseconds_rounded_down() {
-        for (time_left, sent) in [
-            (Duration::from_nanos(29_999_871_234), "29999m"),
-            (Duration::from_millis(500), "500m"),
-            (Duration::from_micros(1_999), "1m"),
-            (Duration::from_micros(999), "999u"),
-            (Duration::from_nanos(10), "1u"),
-            (Duration::ZERO, "1u"),
-            (Duration::from_millis(99_999_999), "99999999m"),
-            (Duration::from_secs(100_000) + Duration::from_millis(1), "100000S"),
-            (Duration::from_secs(5_999_999_940), "99999999M"),
-            (Duration::from_secs(10_000_000_000), "2777777H"),
-        ] {
-            assert_eq!(grpc_timeout(time_left), sent, "{time_left:?}");
-        }
-    }
 
     /// Two endpoints that are never dialled: the attempts below answer without using the channel.
     struct FakeUpstream {
