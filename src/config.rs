@@ -22,7 +22,7 @@ use crate::upstream::retry::{Backoff, RetryBudgetConfig, RetryPolicy};
 use crate::upstream::{PoolConfig, RetryConfig, UpstreamConfig};
 use crate::user_service::FeedConfig;
 use crate::user_service::password::HashCost;
-use crate::user_service::relay::TailOptions;
+use crate::user_service::relay::{EventNames, NameError, NatsAuth, NatsTarget, NatsTls, Secret, TailOptions};
 use crate::user_service::store::{ChangeKind, is_postgres_url};
 
 /// Portico: a REST-to-gRPC gateway and the UserService behind it.
@@ -40,6 +40,7 @@ pub struct Cli {
 
 /// What to run.
 #[derive(Debug, Subcommand)]
+#[expect(clippy::large_enum_variant, reason = "parsed once at start-up: boxing a variant would save nothing")]
 pub enum Command {
     /// Run the UserService and the gateway in one process (the default).
     Serve(ServeArgs),
@@ -88,6 +89,12 @@ pub struct EventsTailArgs {
     /// Stop after this many events (default: follow until interrupted).
     #[arg(long)]
     pub limit: Option<u64>,
+
+    #[command(flatten)]
+    pub nats: NatsArgs,
+
+    #[command(flatten)]
+    pub events: EventStreamArgs,
 }
 
 /// The `--type` of `events tail`: the last part of the subject.
@@ -107,6 +114,177 @@ impl EventsTailArgs {
             EventType::Deleted => ChangeKind::Deleted,
         });
         TailOptions { since: self.since, kind, limit: self.limit }
+    }
+
+    /// The NATS server, credentials and stream to read.
+    ///
+    /// # Errors
+    ///
+    /// As [`NatsArgs::auth`], [`NatsArgs::tls`] and [`EventStreamArgs::names`].
+    pub fn target(&self) -> Result<(NatsTarget, EventNames), ConfigError> {
+        let target = NatsTarget { url: self.nats_url.clone(), auth: self.nats.auth()?, tls: self.nats.tls()? };
+        Ok((target, self.events.names()?))
+    }
+}
+
+/// How to log in to NATS and secure the connection: for the relay and `events tail`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct NatsArgs {
+    /// NATS credentials file (user JWT and NKey seed, as `nsc` writes it).
+    #[arg(long, env = "PORTICO_NATS_CREDS", value_name = "FILE")]
+    pub nats_creds: Option<PathBuf>,
+
+    /// NATS user name (with --nats-password or --nats-password-file).
+    #[arg(long, env = "PORTICO_NATS_USER")]
+    pub nats_user: Option<String>,
+
+    /// NATS password; prefer --nats-password-file, since flags show in process listings.
+    #[arg(long, env = "PORTICO_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<Secret>,
+
+    /// File holding the NATS password (one line; a trailing newline is ignored).
+    #[arg(long, env = "PORTICO_NATS_PASSWORD_FILE", value_name = "FILE")]
+    pub nats_password_file: Option<PathBuf>,
+
+    /// NATS authentication token; prefer --nats-token-file.
+    #[arg(long, env = "PORTICO_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<Secret>,
+
+    /// File holding the NATS token (one line; a trailing newline is ignored).
+    #[arg(long, env = "PORTICO_NATS_TOKEN_FILE", value_name = "FILE")]
+    pub nats_token_file: Option<PathBuf>,
+
+    /// PEM CA certificate to trust for the NATS server's certificate (turns TLS on).
+    #[arg(long, env = "PORTICO_NATS_TLS_CA", value_name = "FILE")]
+    pub nats_tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate for NATS servers that verify clients (with --nats-tls-client-key; turns TLS on).
+    #[arg(long, env = "PORTICO_NATS_TLS_CLIENT_CERT", value_name = "FILE")]
+    pub nats_tls_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --nats-tls-client-cert.
+    #[arg(long, env = "PORTICO_NATS_TLS_CLIENT_KEY", value_name = "FILE")]
+    pub nats_tls_client_key: Option<PathBuf>,
+}
+
+/// Where the user events go in NATS: for the relay and `events tail`.
+#[derive(Debug, Clone, Args)]
+pub struct EventStreamArgs {
+    /// Subject prefix of the user events: they are published on PREFIX.created, PREFIX.updated, PREFIX.deleted.
+    #[arg(long, env = "PORTICO_EVENTS_SUBJECT_PREFIX", value_name = "PREFIX", default_value = "users")]
+    pub events_subject_prefix: String,
+
+    /// JetStream stream of the user events (subjects PREFIX.>), created when missing.
+    #[arg(long, env = "PORTICO_EVENTS_STREAM", value_name = "NAME", default_value = "USERS")]
+    pub events_stream: String,
+}
+
+impl EventStreamArgs {
+    /// The validated names.
+    ///
+    /// # Errors
+    ///
+    /// A prefix or stream name NATS would reject, named by its flag.
+    pub fn names(&self) -> Result<EventNames, ConfigError> {
+        EventNames::new(&self.events_subject_prefix, &self.events_stream).map_err(|error| {
+            let flag = match error {
+                NameError::SubjectPrefix { .. } => "events-subject-prefix",
+                NameError::Stream { .. } => "events-stream",
+            };
+            ConfigError { flag, reason: error.to_string() }
+        })
+    }
+}
+
+impl NatsArgs {
+    /// Whether any credential or TLS option is set.
+    fn is_set(&self) -> bool {
+        self.nats_creds.is_some()
+            || self.nats_user.is_some()
+            || self.nats_password.is_some()
+            || self.nats_password_file.is_some()
+            || self.nats_token.is_some()
+            || self.nats_token_file.is_some()
+            || self.nats_tls_ca.is_some()
+            || self.nats_tls_client_cert.is_some()
+            || self.nats_tls_client_key.is_some()
+    }
+
+    /// The one way of logging in these flags choose; reads the password or token file.
+    ///
+    /// # Errors
+    ///
+    /// Two ways at once, a user without a password or the reverse, a value given both as a flag and as a file,
+    /// or a file that cannot be read (its contents never appear in the error).
+    pub fn auth(&self) -> Result<NatsAuth, ConfigError> {
+        let password = secret(self.nats_password.as_ref(), self.nats_password_file.as_ref(), "nats-password")?;
+        let token = secret(self.nats_token.as_ref(), self.nats_token_file.as_ref(), "nats-token")?;
+        match (&self.nats_creds, &self.nats_user, password, token) {
+            (None, None, None, None) => Ok(NatsAuth::None),
+            (Some(creds), None, None, None) => Ok(NatsAuth::Credentials(readable(creds, "nats-creds")?)),
+            (None, Some(user), Some(password), None) => Ok(NatsAuth::UserPassword { user: user.clone(), password }),
+            (None, None, None, Some(token)) => Ok(NatsAuth::Token(token)),
+            (None, Some(_), None, None) => {
+                Err(ConfigError { flag: "nats-user", reason: "needs --nats-password-file or --nats-password".into() })
+            }
+            (None, None, Some(_), None) => {
+                Err(ConfigError { flag: "nats-password", reason: "needs --nats-user".into() })
+            }
+            _ => Err(ConfigError {
+                flag: "nats-creds",
+                reason: "choose one way to log in: --nats-creds, --nats-user with a password, or --nats-token".into(),
+            }),
+        }
+    }
+
+    /// The TLS settings these flags choose.
+    ///
+    /// # Errors
+    ///
+    /// A client certificate without its key or the reverse, or a file that is not there.
+    pub fn tls(&self) -> Result<NatsTls, ConfigError> {
+        let ca = self.nats_tls_ca.as_ref().map(|ca| readable(ca, "nats-tls-ca")).transpose()?;
+        let client_certificate = match (&self.nats_tls_client_cert, &self.nats_tls_client_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                Some((readable(cert, "nats-tls-client-cert")?, readable(key, "nats-tls-client-key")?))
+            }
+            (Some(_), None) => {
+                return Err(ConfigError { flag: "nats-tls-client-cert", reason: "needs --nats-tls-client-key".into() });
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError { flag: "nats-tls-client-key", reason: "needs --nats-tls-client-cert".into() });
+            }
+        };
+        Ok(NatsTls { ca, client_certificate })
+    }
+}
+
+/// A secret given as a flag (`flag`) or in a file (`flag-file`), not both.
+fn secret(value: Option<&Secret>, file: Option<&PathBuf>, flag: &'static str) -> Result<Option<Secret>, ConfigError> {
+    let file_flag = if flag == "nats-password" { "nats-password-file" } else { "nats-token-file" };
+    match (value, file) {
+        (Some(_), Some(_)) => Err(ConfigError { flag: file_flag, reason: format!("conflicts with --{flag}") }),
+        (Some(value), None) => Ok(Some(value.clone())),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError { flag: file_flag, reason: format!("cannot read {}: {e}", path.display()) })?;
+            let value = text.trim_end_matches(['\n', '\r']);
+            if value.is_empty() {
+                return Err(ConfigError { flag: file_flag, reason: format!("{} is empty", path.display()) });
+            }
+            Ok(Some(Secret::new(value)))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// `path`, when it names a file (read later, at each connection).
+fn readable(path: &std::path::Path, flag: &'static str) -> Result<PathBuf, ConfigError> {
+    if path.is_file() {
+        Ok(path.to_path_buf())
+    } else {
+        Err(ConfigError { flag, reason: format!("{} is not a file", path.display()) })
     }
 }
 
@@ -469,6 +647,17 @@ pub struct UserServiceOptions {
     #[arg(long, env = "PORTICO_NATS_URL")]
     pub nats_url: Option<String>,
 
+    #[command(flatten)]
+    pub nats: NatsArgs,
+
+    #[command(flatten)]
+    pub events: EventStreamArgs,
+
+    /// Warn in the log (every minute) while more than this many committed changes wait to be published to NATS;
+    /// checked every --health-check-interval.
+    #[arg(long, env = "PORTICO_EVENTS_BACKLOG_WARN", default_value_t = UserServiceConfig::DEFAULT_EVENTS_BACKLOG_WARN)]
+    pub events_backlog_warn: u64,
+
     /// PostgreSQL connection pool size per process (SQLite ignores it).
     #[arg(long, env = "PORTICO_DB_MAX_CONNECTIONS", default_value_t = UserServiceConfig::DEFAULT_DB_MAX_CONNECTIONS)]
     pub db_max_connections: u32,
@@ -528,6 +717,13 @@ pub struct UserServiceConfig {
     pub db_max_connections: u32,
     /// Where the outbox relay publishes; `None`: no relay.
     pub nats_url: Option<String>,
+    /// How the relay logs in to NATS.
+    pub nats_auth: NatsAuth,
+    pub nats_tls: NatsTls,
+    /// The relay's subjects and stream.
+    pub events: EventNames,
+    /// Warn while more changes than this wait to be published.
+    pub events_backlog_warn: u64,
     pub change_log_window: u32,
     pub feed: FeedConfig,
     pub password_hash_cost: HashCost,
@@ -548,6 +744,7 @@ pub struct ConfigError {
 impl UserServiceConfig {
     pub const DEFAULT_CHANGE_LOG_WINDOW: u32 = 10_000;
     pub const DEFAULT_DB_MAX_CONNECTIONS: u32 = 10;
+    pub const DEFAULT_EVENTS_BACKLOG_WARN: u64 = 1000;
 
     /// Defaults, for a database URL: what the flags give when only `--db` is set.
     pub fn new(database_url: impl Into<String>) -> Self {
@@ -555,6 +752,10 @@ impl UserServiceConfig {
             database_url: database_url.into(),
             db_max_connections: Self::DEFAULT_DB_MAX_CONNECTIONS,
             nats_url: None,
+            nats_auth: NatsAuth::None,
+            nats_tls: NatsTls::default(),
+            events: EventNames::default(),
+            events_backlog_warn: Self::DEFAULT_EVENTS_BACKLOG_WARN,
             change_log_window: Self::DEFAULT_CHANGE_LOG_WINDOW,
             feed: FeedConfig::default(),
             password_hash_cost: HashCost::default(),
@@ -601,10 +802,17 @@ impl TryFrom<&UserServiceOptions> for UserServiceConfig {
     type Error = ConfigError;
 
     fn try_from(args: &UserServiceOptions) -> Result<Self, ConfigError> {
+        if args.nats_url.is_none() && args.nats.is_set() {
+            return Err(ConfigError { flag: "nats-url", reason: "is needed by the --nats-* options".into() });
+        }
         let config = Self {
             database_url: database_url(&args.db),
             db_max_connections: args.db_max_connections,
             nats_url: args.nats_url.clone(),
+            nats_auth: args.nats.auth()?,
+            nats_tls: args.nats.tls()?,
+            events: args.events.names()?,
+            events_backlog_warn: args.events_backlog_warn,
             change_log_window: args.change_log_window,
             feed: FeedConfig {
                 broadcast_capacity: args.watch_buffer,
@@ -688,6 +896,32 @@ mod tests {
         assert_eq!(gateway, defaults);
         let user_service = UserServiceConfig::try_from(&flags.user_service)?;
         assert_eq!(user_service, UserServiceConfig::new("sqlite://portico.db"));
+        Ok(())
+    }
+
+    #[test]
+    fn nats_login_is_one_way_at_a_time() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let password_file = dir.path().join("password");
+        std::fs::write(&password_file, "s3cret\n")?;
+        let user = NatsArgs { nats_user: Some("relay".into()), ..NatsArgs::default() };
+        let with_file = NatsArgs { nats_password_file: Some(password_file.clone()), ..user.clone() };
+        let expected = NatsAuth::UserPassword { user: "relay".into(), password: Secret::new("s3cret") };
+        assert_eq!(with_file.auth()?, expected, "the file's trailing newline is not part of the password");
+        let failures = [
+            (user.clone(), "nats-user"),
+            (NatsArgs { nats_password: Some(Secret::new("pw")), ..NatsArgs::default() }, "nats-password"),
+            (NatsArgs { nats_password: Some(Secret::new("pw")), ..with_file.clone() }, "nats-password-file"),
+            (NatsArgs { nats_token: Some(Secret::new("t")), ..with_file }, "nats-creds"),
+            (NatsArgs { nats_creds: Some(dir.path().join("missing.creds")), ..NatsArgs::default() }, "nats-creds"),
+        ];
+        for (args, flag) in failures {
+            let error = args.auth().err().ok_or(format!("{args:?} was accepted"))?;
+            assert_eq!(error.flag, flag, "{args:?}");
+            assert!(!error.to_string().contains("s3cret"), "{error}");
+        }
+        let key_only = NatsArgs { nats_tls_client_key: Some(password_file), ..NatsArgs::default() };
+        assert_eq!(key_only.tls().err().map(|e| e.flag), Some("nats-tls-client-key"));
         Ok(())
     }
 

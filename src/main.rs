@@ -114,9 +114,10 @@ async fn serve_admin(
 
 /// `portico events tail`: prints events until the limit, the end of the connection, or a signal.
 async fn tail_events(args: &EventsTailArgs, shutdown: CancellationToken) -> Result<(), BoxError> {
+    let (nats, names) = args.target()?;
     let mut out = std::io::stdout();
     tokio::select! {
-        result = user_service::relay::tail(&args.nats_url, args.options(), &mut out) => Ok(result?),
+        result = user_service::relay::tail(&nats, &names, args.options(), &mut out) => Ok(result?),
         () = shutdown.cancelled() => Ok(()),
     }
 }

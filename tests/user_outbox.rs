@@ -7,9 +7,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::nats::{NatsServer, free_port, read_stream};
+use common::nats::{NatsServer, free_port, read_stream, read_stream_with};
+use common::process::{FAST_FLAGS, Process};
 use common::{Backend, TestResult, TestStorage, create, start_with};
+use portico::proto::user::user_service_client::UserServiceClient;
 use portico::proto::user::{DeleteUserRequest, UpdateUserRequest, User};
+use portico::user_service::relay::{EventNames, STALL_WARNING};
 use portico::user_service::store::{self, NewUser, Store, StoreOptions};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -34,7 +37,20 @@ async fn mark_reaches(store: &dyn Store, revision: i64) -> TestResult {
     }
 }
 
+/// An RFC 3339 time of an event, as nanoseconds since the epoch.
+fn nanos(time: &serde_json::Value) -> Result<i128, Error> {
+    let time: pbjson_types::Timestamp = serde_json::from_value(time.clone())?;
+    Ok(i128::from(time.seconds) * 1_000_000_000 + i128::from(time.nanos))
+}
+
+fn now_nanos() -> i128 {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i128::try_from(since_epoch.as_nanos()).unwrap_or(i128::MAX)
+}
+
 async fn every_change_is_published_once_in_revision_order(backend: Backend) -> TestResult {
+    // Microseconds: the precision of stored times.
+    let started = now_nanos() / 1000 * 1000;
     let nats = NatsServer::start().await;
     let nats_url = nats.url.clone();
     let server = start_with(backend, |config| config.nats_url = Some(nats_url)).await;
@@ -47,11 +63,12 @@ async fn every_change_is_published_once_in_revision_order(backend: Backend) -> T
 
     let published = read_stream(&nats.url, 4).await?;
     let expected = [
-        ("users.created", "portico.user.created", ada.id, "Ada"),
-        ("users.created", "portico.user.created", grace.id, "Grace"),
-        ("users.updated", "portico.user.updated", ada.id, "Ada L."),
-        ("users.deleted", "portico.user.deleted", grace.id, "Grace"),
+        ("users.created", "user.created", ada.id, "Ada"),
+        ("users.created", "user.created", grace.id, "Grace"),
+        ("users.updated", "user.updated", ada.id, "Ada L."),
+        ("users.deleted", "user.deleted", grace.id, "Grace"),
     ];
+    let mut previous_time = started;
     for (index, (message, (subject, kind, id, name))) in published.iter().zip(expected).enumerate() {
         let revision = index as i64 + 1;
         assert_eq!(message.subject, subject);
@@ -65,6 +82,13 @@ async fn every_change_is_published_once_in_revision_order(backend: Backend) -> T
         assert_eq!(event["subject"], id.to_string());
         assert_eq!(event["data"]["name"], name);
         assert_eq!(event["data"]["id"], id.to_string());
+        // `time` is the commit time: not before the user was created, and in commit order.
+        let time = nanos(&event["time"])?;
+        assert!(time >= nanos(&event["data"]["createdAt"])?, "{event}");
+        assert!(time >= previous_time && time <= now_nanos(), "{event} after {previous_time}");
+        let utc = |time: &str| time.ends_with('Z') || time.ends_with("+00:00");
+        assert!(event["time"].as_str().is_some_and(utc), "RFC 3339 in UTC, like createdAt: {event}");
+        previous_time = time;
     }
     mark_reaches(open(&server.storage).await?.as_ref(), 4).await
 }
@@ -90,6 +114,10 @@ async fn changes_made_while_nats_is_down_are_published_when_it_returns(backend: 
     let published = read_stream(&nats.url, 10).await?;
     let ids: Vec<&str> = published.iter().map(|message| message.message_id.as_str()).collect();
     assert_eq!(ids, ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"]);
+    // Each event says how many changes were still waiting behind it when it was published.
+    let backlogs: Vec<Option<u64>> = published.iter().map(|message| message.backlog).collect();
+    let expected: Vec<Option<u64>> = (0..10).rev().map(Some).collect();
+    assert_eq!(backlogs, expected);
     mark_reaches(store.as_ref(), 10).await?;
 
     // Once published, the log is pruned to its window again.
@@ -280,6 +308,128 @@ async fn events_tail_starts_after_a_revision_and_filters_by_type() -> TestResult
     create(&mut client, "Margaret", "margaret@example.com").await; // 8
     let (revisions, _) = waiting.await??;
     assert_eq!(revisions, [8]);
+    Ok(())
+}
+
+/// `--events-subject-prefix` and `--events-stream` (here through the config and the environment): the relay
+/// publishes there, and `events tail` reads there.
+#[tokio::test]
+async fn events_go_to_the_configured_subjects_and_stream() -> TestResult {
+    let nats = NatsServer::start().await;
+    let nats_url = nats.url.clone();
+    let server = start_with(Backend::Sqlite, |config| {
+        config.nats_url = Some(nats_url);
+        config.events = EventNames::new("acme.people", "ACME_PEOPLE").expect("valid names");
+    })
+    .await;
+    let mut client = server.client().await;
+    let ada = create(&mut client, "Ada", "ada@example.com").await;
+    let renamed = User { id: ada.id, name: "Ada L.".into(), ..Default::default() };
+    client.update_user(UpdateUserRequest { user: Some(renamed), update_mask: None }).await?;
+    let options = async_nats::ConnectOptions::new();
+    let published = read_stream_with(options, &nats.url, "ACME_PEOPLE", 2).await?;
+    let subjects: Vec<&str> = published.iter().map(|message| message.subject.as_str()).collect();
+    assert_eq!(subjects, ["acme.people.created", "acme.people.updated"]);
+    let jetstream = async_nats::jetstream::new(async_nats::connect(&nats.url).await?);
+    let info = jetstream.get_stream("ACME_PEOPLE").await?.info().await?.config.clone();
+    assert_eq!(info.subjects, ["acme.people.>"]);
+    assert!(jetstream.get_stream("USERS").await.is_err(), "nothing in the default stream");
+
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_portico"))
+        .args(["events", "tail", "--nats-url", &nats.url, "--events-subject-prefix", "acme.people"])
+        .args(["--type", "updated", "--limit", "1"])
+        .env("PORTICO_EVENTS_STREAM", "ACME_PEOPLE")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(20), output).await??;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let event: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    assert_eq!((&event["type"], &event["data"]["name"]), (&"user.updated".into(), &"Ada L.".into()));
+    Ok(())
+}
+
+/// Names NATS would reject stop `user-service`, `serve` and `events tail` at start-up, naming the flag.
+#[tokio::test]
+async fn invalid_subject_prefixes_and_stream_names_are_config_errors() -> TestResult {
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["user-service", "--nats-url", "nats://127.0.0.1:1", "--events-subject-prefix", "users.*"],
+            "--events-subject-prefix",
+        ),
+        (&["serve", "--nats-url", "nats://127.0.0.1:1", "--events-stream", "US.ERS"], "--events-stream"),
+        (&["events", "tail", "--events-stream", "A B"], "--events-stream"),
+        (&["user-service", "--nats-user", "relay", "--nats-password", "pw"], "--nats-url"),
+    ];
+    for (args, flag) in cases {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_portico"))
+            .args(args)
+            .args(["--db", "sqlite::memory:"].iter().filter(|_| args[0] != "events"))
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(20), output).await??;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} started");
+        assert!(stderr.contains(&format!("invalid {flag}")), "{args:?}: {stderr}");
+    }
+    Ok(())
+}
+
+/// The backlog (head revision minus the published mark) in the log: a warning once it grows past
+/// `--events-backlog-warn` while NATS is down, and a note once the relay has caught up.
+#[tokio::test]
+async fn a_growing_backlog_is_logged_until_the_relay_catches_up() -> TestResult {
+    let storage = TestStorage::create(Backend::Sqlite).await;
+    let port = free_port();
+    let (url, nats_url) = (storage.url(), format!("nats://127.0.0.1:{port}"));
+    let mut args = vec!["user-service", "--listen", "127.0.0.1:0", "--db", &url, "--nats-url", &nats_url];
+    args.extend(["--events-backlog-warn", "2", "--health-check-interval", "100ms"]);
+    args.extend(FAST_FLAGS);
+    let mut process = Process::start(&args, "info")?;
+    let addr = process.address("user service listening").await?;
+    let mut client = UserServiceClient::connect(format!("http://{addr}")).await?;
+    let backlog_line = |line: &str, count: &str| line.contains("outbox backlog") && line.contains(count);
+    for i in 0..2 {
+        create(&mut client, &format!("User {i}"), &format!("user{i}@example.com")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!process.logs().iter().any(|line| line.contains("outbox backlog")), "2 is not past the threshold");
+    create(&mut client, "User 2", "user2@example.com").await;
+    let warning = process.wait_for_line(|line| backlog_line(line, "backlog=3"), Duration::from_secs(10)).await?;
+    assert!(warning.contains("WARN") && warning.contains("threshold=2"), "{warning}");
+
+    let _nats = NatsServer::start_on(port).await;
+    let back = process.wait_for_line(|line| line.contains("back under the threshold"), Duration::from_secs(20)).await?;
+    assert!(back.contains("backlog=0"), "{back}");
+    process.terminate()?;
+    assert!(process.wait(Duration::from_secs(15)).await?.success());
+    Ok(())
+}
+
+/// `events tail` reports a stream that stopped behind the change log: the newest event's `Portico-Backlog`
+/// says changes were waiting, and nothing more arrives. (The test plays the relay, which would have to die
+/// between two publishes for this to happen.)
+#[tokio::test]
+async fn events_tail_warns_when_the_stream_stops_behind_the_change_log() -> TestResult {
+    let nats = NatsServer::start().await;
+    let jetstream = async_nats::jetstream::new(async_nats::connect(&nats.url).await?);
+    let config = async_nats::jetstream::stream::Config {
+        name: "USERS".into(),
+        subjects: vec!["users.>".into()],
+        ..Default::default()
+    };
+    jetstream.create_stream(config).await?;
+    for (revision, backlog) in [(1, 1), (2, 7)] {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", revision.to_string().as_str());
+        headers.insert("Portico-Backlog", backlog.to_string().as_str());
+        let payload = format!(r#"{{"id":"{revision}","revision":{revision}}}"#);
+        jetstream.publish_with_headers("users.created", headers, payload.into()).await?.await?;
+    }
+    let tail = Process::start(&["events", "tail", "--nats-url", &nats.url], "info")?;
+    let warning = tail
+        .wait_for_line(|line| line.contains("behind the change log"), STALL_WARNING + Duration::from_secs(10))
+        .await?;
+    assert!(warning.contains("revision=2") && warning.contains("backlog=7"), "{warning}");
     Ok(())
 }
 

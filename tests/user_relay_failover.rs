@@ -64,8 +64,8 @@ impl Acked {
     /// Whether `event` is this write's CloudEvent.
     fn is(&self, event: &serde_json::Value) -> bool {
         let (kind, id, name) = match self {
-            Self::Created { id, name } => ("portico.user.created", id, name),
-            Self::Renamed { id, name } => ("portico.user.updated", id, name),
+            Self::Created { id, name } => ("user.created", id, name),
+            Self::Renamed { id, name } => ("user.updated", id, name),
         };
         // proto3 JSON writes an int64 as a string.
         let id = id.to_string();
@@ -134,7 +134,7 @@ async fn wait_for(count: &AtomicUsize, at_least: usize) -> Result<(), Error> {
 /// How many messages the user events stream holds.
 async fn stream_length(nats_url: &str) -> Result<u64, Error> {
     let jetstream = async_nats::jetstream::new(async_nats::connect(nats_url).await?);
-    let mut stream = jetstream.get_stream(portico::user_service::relay::STREAM).await?;
+    let mut stream = jetstream.get_stream(portico::user_service::relay::DEFAULT_STREAM).await?;
     Ok(stream.info().await?.state.messages)
 }
 

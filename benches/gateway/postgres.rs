@@ -92,7 +92,7 @@ fn sample_lag(pool: PgPool, stop: Arc<AtomicBool>) -> JoinHandle<Result<Vec<i64>
 /// Messages in the user events stream.
 async fn stream_length(nats_url: &str) -> Result<u64, BoxError> {
     let jetstream = async_nats::jetstream::new(async_nats::connect(nats_url).await?);
-    let mut stream = jetstream.get_stream(portico::user_service::relay::STREAM).await?;
+    let mut stream = jetstream.get_stream(portico::user_service::relay::DEFAULT_STREAM).await?;
     Ok(stream.info().await?.state.messages)
 }
 

@@ -86,7 +86,19 @@ pub async fn serve(
     });
     let feed = events::ChangeFeed::start(Arc::clone(&store), config.feed, stop.clone()).await?;
     if let Some(nats_url) = &config.nats_url {
-        let relay = relay::RelayConfig { nats_url: nats_url.clone(), poll_interval: config.feed.poll_interval };
+        let relay = relay::RelayConfig {
+            nats: relay::NatsTarget {
+                url: nats_url.clone(),
+                auth: config.nats_auth.clone(),
+                tls: config.nats_tls.clone(),
+            },
+            names: config.events.clone(),
+            poll_interval: config.feed.poll_interval,
+            backlog: relay::BacklogConfig {
+                warn_above: config.events_backlog_warn,
+                check_interval: config.health_check_interval,
+            },
+        };
         tokio::spawn(relay::run(Arc::clone(&store), relay, stop.clone()));
     }
     let service = UserServiceImpl::new(Arc::clone(&store), hasher, feed);

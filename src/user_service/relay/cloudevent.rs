@@ -1,6 +1,5 @@
 //! A committed change as a CloudEvents 1.0 event in the structured JSON format
-//! (<https://github.com/cloudevents/spec/blob/v1.0.2/cloudevents/formats/json-format.md>), and the subject
-//! it is published on.
+//! (<https://github.com/cloudevents/spec/blob/v1.0.2/cloudevents/formats/json-format.md>).
 
 use serde::Serialize;
 
@@ -9,8 +8,6 @@ use crate::user_service::store::{Change, ChangeKind};
 
 /// Who produces the events (the CloudEvents `source`).
 pub const SOURCE: &str = "/portico/user-service";
-/// The subjects the relay publishes on: `users.created`, `users.updated`, `users.deleted`.
-pub const SUBJECTS: &str = "users.>";
 
 /// One CloudEvent. `id` is the revision, which is unique per database and the `Nats-Msg-Id` too, so a
 /// consumer can de-duplicate and order by it; `revision` repeats it as a number (an extension attribute).
@@ -23,18 +20,20 @@ pub struct CloudEvent<'a> {
     pub kind: &'static str,
     /// The user's id.
     pub subject: String,
+    /// When the change committed, RFC 3339 (UTC).
+    pub time: &'a pbjson_types::Timestamp,
     pub datacontenttype: &'static str,
     pub revision: i64,
     /// The user after the change (for a delete, its last values), in proto3 JSON.
     pub data: &'a User,
 }
 
-/// The NATS subject of a change.
-pub fn subject(kind: ChangeKind) -> &'static str {
+/// The CloudEvents `type` of a change.
+pub fn event_type(kind: ChangeKind) -> &'static str {
     match kind {
-        ChangeKind::Created => "users.created",
-        ChangeKind::Updated => "users.updated",
-        ChangeKind::Deleted => "users.deleted",
+        ChangeKind::Created => "user.created",
+        ChangeKind::Updated => "user.updated",
+        ChangeKind::Deleted => "user.deleted",
     }
 }
 
@@ -44,13 +43,9 @@ pub fn event(change: &Change) -> CloudEvent<'_> {
         specversion: "1.0",
         id: change.revision.to_string(),
         source: SOURCE,
-        // The CloudEvents type names the occurrence; reverse-DNS style keeps it apart from other producers'.
-        kind: match change.kind {
-            ChangeKind::Created => "portico.user.created",
-            ChangeKind::Updated => "portico.user.updated",
-            ChangeKind::Deleted => "portico.user.deleted",
-        },
+        kind: event_type(change.kind),
         subject: change.user.id.to_string(),
+        time: &change.committed_at,
         datacontenttype: "application/json",
         revision: change.revision,
         data: &change.user,
@@ -71,18 +66,21 @@ mod tests {
     #[test]
     fn a_change_becomes_a_structured_cloudevent() -> Result<(), serde_json::Error> {
         let user = User { id: 7, name: "Ada".into(), email: "ada@example.com".into(), ..Default::default() };
-        let change = Change { revision: 42, kind: ChangeKind::Updated, user, previous: None };
+        let committed_at = pbjson_types::Timestamp { seconds: 1_700_000_000, nanos: 123_456_000 };
+        let change = Change { revision: 42, kind: ChangeKind::Updated, user, previous: None, committed_at };
         let json: serde_json::Value = serde_json::from_slice(&encode(&change)?)?;
         assert_eq!(json["specversion"], "1.0");
         assert_eq!(json["id"], "42");
         assert_eq!(json["revision"], 42);
         assert_eq!(json["source"], SOURCE);
-        assert_eq!(json["type"], "portico.user.updated");
+        assert_eq!(json["type"], "user.updated");
         assert_eq!(json["subject"], "7");
+        assert_eq!(json["time"], "2023-11-14T22:13:20.123456+00:00");
         assert_eq!(json["datacontenttype"], "application/json");
         assert_eq!(json["data"]["id"], "7", "proto3 JSON: int64 as a string");
         assert_eq!(json["data"]["email"], "ada@example.com");
-        assert_eq!(subject(change.kind), "users.updated");
+        assert_eq!(event_type(ChangeKind::Created), "user.created");
+        assert_eq!(event_type(ChangeKind::Deleted), "user.deleted");
         Ok(())
     }
 }

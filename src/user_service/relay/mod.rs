@@ -1,8 +1,8 @@
 //! The outbox relay: publishes the change log to NATS JetStream, in revision order, as CloudEvents.
 //!
 //! The change log is the outbox: a change and its log row commit together, and the relay reads the log by
-//! revision, like watchers do. Each change is published to `users.created|updated|deleted` with
-//! `Nats-Msg-Id` = its revision, and the relay waits for JetStream's acknowledgement before it publishes the
+//! revision, like watchers do. Each change is published to `<prefix>.created|updated|deleted` (see
+//! [`EventNames`]) with `Nats-Msg-Id` = its revision, and the relay waits for JetStream's acknowledgement before it publishes the
 //! next one, so the stream holds the changes in revision order. Only then does the published mark in the
 //! database move forward. A relay that stops between an acknowledgement and the mark publishes that change
 //! again when it (or another) resumes; JetStream drops the copy, since the stream de-duplicates by message id
@@ -11,8 +11,13 @@
 //! One relay runs at a time among the processes sharing a database: each process's relay tries to take the
 //! store's lease ([`crate::user_service::store::RelayLease`]), publishes while it holds it, and the others
 //! retry every few seconds, so a relay whose process dies is replaced.
+//!
+//! Every process with a relay also watches the unpublished backlog ([`backlog`]), lease or not.
 
+pub mod backlog;
 mod cloudevent;
+mod names;
+mod nats;
 mod start;
 mod tail;
 
@@ -23,13 +28,13 @@ use std::time::Duration;
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use tokio_util::sync::CancellationToken;
 
-pub use cloudevent::{CloudEvent, SOURCE, SUBJECTS, subject};
-pub use tail::{TailError, TailOptions, tail};
+pub use backlog::BacklogConfig;
+pub use cloudevent::{CloudEvent, SOURCE, event_type};
+pub use names::{DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, EventNames, NameError};
+pub use nats::{NatsAuth, NatsConnectError, NatsTarget, NatsTls, Secret};
+pub use tail::{STALL_WARNING, TailError, TailOptions, tail};
 
 use crate::user_service::store::{Store, StoreError, poll_interval, wait_for_commit};
-
-/// The JetStream stream that holds the user events.
-pub const STREAM: &str = "USERS";
 /// How long JetStream remembers message ids to drop duplicates: longer than any stop between an
 /// acknowledgement and the mark.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -39,14 +44,19 @@ const RETRY: Duration = Duration::from_secs(2);
 const PAGE: u32 = 500;
 /// How long one publish may wait for its acknowledgement.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting to NATS may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where and how often the relay publishes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayConfig {
-    /// `nats://host:port` of the NATS server (with JetStream enabled).
-    pub nats_url: String,
+    /// The NATS server (with JetStream enabled) and how to log in.
+    pub nats: NatsTarget,
+    /// The subjects and the stream.
+    pub names: EventNames,
     /// How often to look for new changes when the store cannot notify (SQLite).
     pub poll_interval: Duration,
+    pub backlog: BacklogConfig,
 }
 
 /// Why a relay stopped publishing (it retries after [`RETRY`]).
@@ -54,9 +64,9 @@ pub struct RelayConfig {
 enum RelayError {
     #[error("cannot read or mark the change log: {0}")]
     Store(#[from] StoreError),
-    #[error("cannot connect to NATS: {0}")]
-    Connect(#[from] async_nats::ConnectError),
-    #[error("cannot create the JetStream stream {STREAM}: {0}")]
+    #[error(transparent)]
+    Connect(#[from] NatsConnectError),
+    #[error("cannot create the JetStream stream: {0}")]
     Stream(#[from] jetstream::context::CreateStreamError),
     #[error("cannot publish revision {revision}: {reason}")]
     Publish { revision: i64, reason: String },
@@ -67,8 +77,15 @@ enum RelayError {
 }
 
 /// Runs the relay until `shutdown` is cancelled: takes the lease when it is free and publishes while it holds
-/// it; failures are logged and retried.
+/// it; failures are logged and retried. Watches the backlog meanwhile.
 pub async fn run(store: Arc<dyn Store>, config: RelayConfig, shutdown: CancellationToken) {
+    tokio::join!(
+        backlog::monitor(Arc::clone(&store), config.backlog, shutdown.clone()),
+        relay(store, config, shutdown)
+    );
+}
+
+async fn relay(store: Arc<dyn Store>, config: RelayConfig, shutdown: CancellationToken) {
     loop {
         let outcome = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -88,15 +105,12 @@ pub async fn run(store: Arc<dyn Store>, config: RelayConfig, shutdown: Cancellat
 /// Publishes for as long as this process holds the lease. `Ok` when another process holds it.
 async fn lead(store: &dyn Store, config: &RelayConfig) -> Result<(), RelayError> {
     let Some(mut lease) = store.try_relay_lease().await? else { return Ok(()) };
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(config.nats_url.as_str())
-        .await?;
+    let client = config.nats.connect(CONNECT_TIMEOUT).await?;
     let jetstream = jetstream::new(client);
     jetstream
         .get_or_create_stream(stream::Config {
-            name: STREAM.to_owned(),
-            subjects: vec![SUBJECTS.to_owned()],
+            name: config.names.stream().to_owned(),
+            subjects: vec![config.names.subjects()],
             duplicate_window: DUPLICATE_WINDOW,
             ..Default::default()
         })
@@ -104,7 +118,12 @@ async fn lead(store: &dyn Store, config: &RelayConfig) -> Result<(), RelayError>
     let mut notifications = store.change_notifications();
     let poll_interval = poll_interval(notifications.as_ref(), config.poll_interval);
     let mut published = store.published_revision().await?;
-    tracing::info!(published, "outbox relay holds the lease; publishing");
+    tracing::info!(
+        published,
+        nats = %config.nats.redacted_url(),
+        stream = config.names.stream(),
+        "outbox relay holds the lease; publishing"
+    );
     loop {
         if !lease.still_held().await {
             return Err(RelayError::LeaseLost);
@@ -121,6 +140,8 @@ async fn lead(store: &dyn Store, config: &RelayConfig) -> Result<(), RelayError>
             }
             Err(error) => return Err(error.into()),
         };
+        // Read after the page, so it is at least the page's last revision.
+        let head = store.head_revision().await?;
         if changes.is_empty() {
             tokio::select! {
                 () = wait_for_commit(&mut notifications) => {}
@@ -131,9 +152,13 @@ async fn lead(store: &dyn Store, config: &RelayConfig) -> Result<(), RelayError>
         for change in &changes {
             let revision = change.revision;
             let payload = cloudevent::encode(change).map_err(|source| RelayError::Encode { revision, source })?;
-            let message = PublishMessage::build().payload(payload.into()).message_id(revision.to_string());
+            let message = PublishMessage::build()
+                .payload(payload.into())
+                .message_id(revision.to_string())
+                .header(backlog::HEADER, (head.max(revision) - revision).to_string());
             let acknowledged = async {
-                let ack = jetstream.send_publish(subject(change.kind), message).await.map_err(|e| e.to_string())?;
+                let subject = config.names.subject(change.kind);
+                let ack = jetstream.send_publish(subject, message).await.map_err(|e| e.to_string())?;
                 match tokio::time::timeout(ACK_TIMEOUT, ack.into_future()).await {
                     Ok(result) => result.map(drop).map_err(|e| e.to_string()),
                     Err(_) => Err(format!("no acknowledgement within {ACK_TIMEOUT:?}")),

@@ -11,7 +11,6 @@
 use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::stream::{RawMessageErrorKind, Stream};
 
-use super::SUBJECTS;
 use super::tail::TailError;
 
 /// Where a tail starts.
@@ -35,31 +34,31 @@ pub(super) fn revision_of(sequence: u64, headers: Option<&async_nats::HeaderMap>
 }
 
 /// The sequence and revision of the first event at or after `sequence`; `None` past the last one.
-async fn event_at_or_after(stream: &Stream, sequence: u64) -> Result<Option<(u64, i64)>, TailError> {
-    match stream.get_first_raw_message_by_subject(SUBJECTS, sequence).await {
+async fn event_at_or_after(stream: &Stream, subjects: &str, sequence: u64) -> Result<Option<(u64, i64)>, TailError> {
+    match stream.get_first_raw_message_by_subject(subjects, sequence).await {
         Ok(StreamMessage { sequence, headers, .. }) => Ok(Some((sequence, revision_of(sequence, Some(&headers))?))),
         Err(error) if error.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
         Err(error) => Err(TailError::Read(error.to_string())),
     }
 }
 
-/// Finds where the events with revisions above `since` begin in `stream`.
+/// Finds where the events with revisions above `since` begin in `stream`, whose events are on `subjects`.
 ///
 /// Fails when the stream cannot be read or holds a message without a revision.
-pub(super) async fn after_revision(stream: &mut Stream, since: i64) -> Result<Start, TailError> {
+pub(super) async fn after_revision(stream: &mut Stream, subjects: &str, since: i64) -> Result<Start, TailError> {
     let state = stream.info().await.map_err(|e| TailError::Read(e.to_string()))?.state.clone();
     let end = state.last_sequence + 1;
     if state.messages == 0 {
         return Ok(Start { sequence: end, oldest: None });
     }
-    let oldest = event_at_or_after(stream, state.first_sequence).await?;
+    let oldest = event_at_or_after(stream, subjects, state.first_sequence).await?;
     let Some((first, oldest_revision)) = oldest else { return Ok(Start { sequence: end, oldest: None }) };
     // The smallest sequence whose next event lies after `since` (or `end`, when none does): the predicate
     // holds from some point on, because revisions grow with sequences.
     let (mut low, mut high) = (first, end);
     while low < high {
         let middle = low + (high - low) / 2;
-        match event_at_or_after(stream, middle).await? {
+        match event_at_or_after(stream, subjects, middle).await? {
             Some((_, revision)) if revision > since => high = middle,
             Some((sequence, _)) => low = sequence + 1,
             None => high = middle,

@@ -78,6 +78,8 @@ pub struct Change {
     pub user: User,
     /// The user before an update, so a watcher filtering on a field sees a user leave its filter.
     pub previous: Option<User>,
+    /// When the change committed (rows from before commit times were kept: the user's created time).
+    pub committed_at: pbjson_types::Timestamp,
 }
 
 /// A consistent view of the matching users and the revision it reflects.

@@ -127,8 +127,9 @@ impl PostgresStore {
                 .await?;
         sqlx::query(
             "INSERT INTO user_changes (revision, kind, user_id, name, email, roles, status, created_at_ns, \
-             prev_name, prev_email, prev_roles, prev_status) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             prev_name, prev_email, prev_roles, prev_status, committed_at_ns) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+             (EXTRACT(EPOCH FROM statement_timestamp()) * 1000000)::BIGINT * 1000)",
         )
         .bind(revision)
         .bind(kind.event_type() as i32)

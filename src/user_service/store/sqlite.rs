@@ -125,8 +125,8 @@ impl SqliteStore {
     ) -> Result<i64, StoreError> {
         let revision: i64 = sqlx::query_scalar(
             "INSERT INTO user_changes (kind, user_id, name, email, roles, status, created_at_ns, \
-             prev_name, prev_email, prev_roles, prev_status) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING revision",
+             prev_name, prev_email, prev_roles, prev_status, committed_at_ns) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING revision",
         )
         .bind(kind.event_type() as i32)
         .bind(user.id)
@@ -139,6 +139,9 @@ impl SqliteStore {
         .bind(previous.map(|p| &p.email))
         .bind(previous.map(|p| &p.roles_json))
         .bind(previous.map(|p| p.status))
+        // The write lock is held from BEGIN IMMEDIATE to the commit, so this reading follows revision order
+        // as far as the clock does.
+        .bind(now_micros_as_nanos())
         .fetch_one(&mut **tx)
         .await?;
         sqlx::query(self.prune).bind(revision - self.change_log_window).execute(&mut **tx).await?;

@@ -12,7 +12,7 @@ use crate::proto::user::UserEventType;
 
 pub(super) const USER_COLUMNS: &str = "id, name, email, roles, status, created_at_ns";
 pub(super) const CHANGE_COLUMNS: &str = "revision, kind, user_id, name, email, roles, status, created_at_ns, \
-                                         prev_name, prev_email, prev_roles, prev_status";
+                                         prev_name, prev_email, prev_roles, prev_status, committed_at_ns";
 
 /// Typed column reads, implemented for each backend's row type. sqlx's own `Row::try_get` needs a bound per
 /// decoded type and database; naming the four shapes the schema uses keeps the decoding code backend-free.
@@ -135,6 +135,7 @@ pub(super) fn change_from_row(row: &impl Columns) -> Result<Change, StoreError> 
         kind,
         user: user.into_user()?,
         previous: previous.map(StoredUser::into_user).transpose()?,
+        committed_at: timestamp_from_nanos(row.int("committed_at_ns")?),
     })
 }
 
@@ -162,7 +163,7 @@ pub(super) fn now_micros_as_nanos() -> i64 {
     i64::try_from(since_epoch.as_micros()).unwrap_or(i64::MAX / 1000) * 1000
 }
 
-fn timestamp_from_nanos(nanos: i64) -> pbjson_types::Timestamp {
+pub(super) fn timestamp_from_nanos(nanos: i64) -> pbjson_types::Timestamp {
     pbjson_types::Timestamp {
         seconds: nanos.div_euclid(1_000_000_000),
         // rem_euclid of 1e9 always fits in i32.
