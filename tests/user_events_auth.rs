@@ -1,4 +1,4 @@
-//! The relay and `events tail` against NATS servers that demand credentials or TLS, started by the test with
+//! The relay and `events tail` against NATS servers that demand a password, a token or TLS, started by the test with
 //! a generated config (and, for TLS, a CA and certificates made by `openssl`): events arrive with the right
 //! credentials, a wrong password or a missing client certificate is refused, and no secret shows in the logs
 //! or errors.
@@ -57,6 +57,30 @@ async fn user_and_password() -> TestResult {
 
     let (ok, _, stderr) = events_tail(&["--nats-url", &nats.url, "--nats-user", "relay"]).await?;
     assert!(!ok && stderr.contains("invalid --nats-user"), "a user without a password: {stderr}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn token() -> TestResult {
+    const TOKEN: &str = "s3cret-t0ken";
+    let dir = tempfile::tempdir()?;
+    let token_file = dir.path().join("nats-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n"))?;
+    let extra = format!("authorization {{ token: \"{TOKEN}\" }}");
+    let nats = NatsServer::start_configured(free_port(), tempfile::tempdir()?, &extra).await;
+    let nats_url = nats.url.clone();
+    let server = start_with(Backend::Sqlite, |config| {
+        config.nats_url = Some(nats_url);
+        config.nats_auth = NatsAuth::Token(Secret::new(TOKEN));
+    })
+    .await;
+    create(&mut server.client().await, "Edsger", "edsger@example.com").await;
+    let token_file = token_file.to_string_lossy();
+    let (ok, stdout, stderr) = events_tail(&["--nats-url", &nats.url, "--nats-token-file", &token_file]).await?;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("\"Edsger\""), "{stdout}");
+    let (ok, _, stderr) = events_tail(&["--nats-url", &nats.url]).await?;
+    assert!(!ok && stderr.contains("cannot connect to NATS"), "no token: {stderr}");
     Ok(())
 }
 
