@@ -1,7 +1,7 @@
-//! The relay and `events tail` against NATS servers that demand a password, a token or TLS, started by the test with
-//! a generated config (and, for TLS, a CA and certificates made by `openssl`): events arrive with the right
-//! credentials, a wrong password or a missing client certificate is refused, and no secret shows in the logs
-//! or errors.
+//! The relay and `events tail` against NATS servers that demand a password, a token or TLS, started by the
+//! test with a generated config (and, for TLS, a CA and certificates made by `openssl`): events arrive with the
+//! right credentials, a wrong password, a missing token or a missing client certificate is refused, and no
+//! secret shows in the logs or errors.
 
 mod common;
 
