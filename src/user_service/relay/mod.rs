@@ -2,9 +2,9 @@
 //!
 //! The change log is the outbox: a change and its log row commit together, and the relay reads the log by
 //! revision, like watchers do. Each change is published to `<prefix>.created|updated|deleted` (see
-//! [`EventNames`]) with `Nats-Msg-Id` = its revision, and the relay waits for JetStream's acknowledgement before it publishes the
-//! next one, so the stream holds the changes in revision order. Only then does the published mark in the
-//! database move forward. A relay that stops between an acknowledgement and the mark publishes that change
+//! [`EventNames`]) with `Nats-Msg-Id` = its revision, and the relay waits for JetStream's acknowledgement
+//! before it publishes the next one, so the stream holds the changes in revision order. Only then does the
+//! published mark in the database move forward. A relay that stops between an acknowledgement and the mark publishes that change
 //! again when it (or another) resumes; JetStream drops the copy, since the stream de-duplicates by message id
 //! within its duplicate window.
 //!
