@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use std::path::PathBuf;
 
+use crate::auth::{AuthConfig, KeySource};
 use crate::gateway::GatewayConfig;
 use crate::gateway::catalog::DescriptorSources;
 use crate::gateway::clusters::ServiceUpstream;
@@ -138,6 +139,10 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub user_service: UserServiceOptions,
+
+    /// One set of JWT settings for both the gateway and the UserService.
+    #[command(flatten)]
+    pub auth: AuthOptions,
 }
 
 /// Flags of `portico gateway`.
@@ -193,6 +198,9 @@ pub struct GatewayArgs {
 
     #[command(flatten)]
     pub gateway: GatewayOptions,
+
+    #[command(flatten)]
+    pub auth: AuthOptions,
 }
 
 impl GatewayArgs {
@@ -210,6 +218,7 @@ impl GatewayArgs {
             return Err(ConfigError { flag: "proto-path", reason: "is only used with --proto".into() });
         }
         config.service_upstreams.clone_from(&self.service_upstream);
+        config.auth = self.auth.config()?;
         config.descriptors = DescriptorSources {
             descriptor_sets: self.descriptor_set.clone(),
             protos: self.proto.clone(),
@@ -425,6 +434,7 @@ impl GatewayOptions {
             cors_allowed_origins: self.cors_allowed_origins.clone(),
             sse_keep_alive: self.sse_keep_alive,
             drain_timeout,
+            auth: None,
         };
         for (flag, value) in [
             ("upstream-connections", self.upstream_connections),
@@ -455,6 +465,9 @@ pub struct UserServiceArgs {
 
     #[command(flatten)]
     pub options: UserServiceOptions,
+
+    #[command(flatten)]
+    pub auth: AuthOptions,
 }
 
 /// UserService settings shared by `serve` and `user-service`.
@@ -535,6 +548,10 @@ pub struct UserServiceConfig {
     pub health_check_interval: Duration,
     /// NOT_SERVING while still serving, at the start of shutdown.
     pub shutdown_grace: Duration,
+    /// JWT authentication and the proto's access rules; off when unset.
+    pub auth: Option<AuthConfig>,
+    /// Server reflection needs a token too (only with `auth`).
+    pub auth_reflection: bool,
 }
 
 /// A setting that cannot work, named with the flag that sets it.
@@ -561,6 +578,8 @@ impl UserServiceConfig {
             drain_timeout: Duration::from_secs(30),
             health_check_interval: Duration::from_secs(5),
             shutdown_grace: Duration::ZERO,
+            auth: None,
+            auth_reflection: false,
         }
     }
 
@@ -618,9 +637,108 @@ impl TryFrom<&UserServiceOptions> for UserServiceConfig {
             drain_timeout: args.drain_timeout,
             health_check_interval: args.health_check_interval,
             shutdown_grace: args.shutdown_grace,
+            auth: None,
+            auth_reflection: false,
         };
         config.validate()?;
         Ok(config)
+    }
+}
+
+/// JWT settings, the same on `serve`, `gateway` and `user-service`. Any key source turns auth on.
+#[derive(Debug, Clone, Args)]
+pub struct AuthOptions {
+    /// JWKS with the token signing keys (RS256, ES256, EdDSA): a file, or an http(s) URL such as an OIDC
+    /// provider's jwks_uri (re-fetched periodically and when a token names an unknown key id).
+    #[arg(long, env = "PORTICO_JWT_JWKS", value_name = "FILE_OR_URL")]
+    pub jwt_jwks: Option<String>,
+
+    /// File holding a shared HS256 secret (at least 32 bytes), instead of a JWKS.
+    #[arg(long, env = "PORTICO_JWT_HS256_SECRET_FILE", value_name = "FILE")]
+    pub jwt_hs256_secret_file: Option<PathBuf>,
+
+    /// The issuer (iss) tokens must carry.
+    #[arg(long, env = "PORTICO_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// The audience (aud) tokens must carry; required with --jwt-jwks.
+    #[arg(long, env = "PORTICO_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Clock skew allowed on exp and nbf.
+    #[arg(long, env = "PORTICO_JWT_LEEWAY", default_value = "30s", value_parser = parse_duration)]
+    pub jwt_leeway: Duration,
+
+    /// The claim holding the caller's roles; a dotted path reaches into objects (realm_access.roles).
+    #[arg(long, env = "PORTICO_JWT_ROLES_CLAIM", default_value = AuthConfig::DEFAULT_ROLES_CLAIM)]
+    pub jwt_roles_claim: String,
+
+    /// How often the JWKS is read again.
+    #[arg(long, env = "PORTICO_JWT_JWKS_REFRESH", default_value = "5m", value_parser = parse_duration)]
+    pub jwt_jwks_refresh: Duration,
+
+    /// The UserService's server reflection needs a token too (health checks never do).
+    #[arg(long, env = "PORTICO_JWT_PROTECT_REFLECTION")]
+    pub jwt_protect_reflection: bool,
+}
+
+impl AuthOptions {
+    /// The auth settings, or None when no key source is given (auth off).
+    ///
+    /// # Errors
+    ///
+    /// Both key sources at once, issuer or audience without keys, a JWKS without an audience, or a malformed
+    /// roles claim.
+    pub fn config(&self) -> Result<Option<AuthConfig>, ConfigError> {
+        let keys = match (&self.jwt_jwks, &self.jwt_hs256_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError {
+                    flag: "jwt-hs256-secret-file",
+                    reason: "cannot be used with --jwt-jwks".into(),
+                });
+            }
+            (Some(jwks), None) if jwks.starts_with("http://") || jwks.starts_with("https://") => {
+                KeySource::JwksUrl(jwks.clone())
+            }
+            (Some(jwks), None) => KeySource::JwksFile(PathBuf::from(jwks)),
+            (None, Some(secret)) => KeySource::Hs256SecretFile(secret.clone()),
+            (None, None) => {
+                let stray = [("jwt-issuer", self.jwt_issuer.is_some()), ("jwt-audience", self.jwt_audience.is_some())];
+                if let Some((flag, _)) = stray.into_iter().find(|(_, set)| *set) {
+                    return Err(ConfigError { flag, reason: "needs --jwt-jwks or --jwt-hs256-secret-file".into() });
+                }
+                if self.jwt_protect_reflection {
+                    return Err(ConfigError {
+                        flag: "jwt-protect-reflection",
+                        reason: "needs --jwt-jwks or --jwt-hs256-secret-file".into(),
+                    });
+                }
+                return Ok(None);
+            }
+        };
+        if matches!(keys, KeySource::JwksFile(_) | KeySource::JwksUrl(_)) && self.jwt_audience.is_none() {
+            return Err(ConfigError {
+                flag: "jwt-audience",
+                reason: "is required with --jwt-jwks: a provider's keys sign tokens for all of its clients".into(),
+            });
+        }
+        if self.jwt_roles_claim.split('.').any(str::is_empty) {
+            return Err(ConfigError {
+                flag: "jwt-roles-claim",
+                reason: "must be a claim name or a dotted path".into(),
+            });
+        }
+        if self.jwt_jwks_refresh.is_zero() {
+            return Err(ConfigError { flag: "jwt-jwks-refresh", reason: "must be longer than 0".into() });
+        }
+        Ok(Some(AuthConfig {
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            leeway: self.jwt_leeway,
+            roles_claim: self.jwt_roles_claim.clone(),
+            jwks_refresh: self.jwt_jwks_refresh,
+            ..AuthConfig::new(keys)
+        }))
     }
 }
 

@@ -1,5 +1,6 @@
 //! Portico: a REST-to-gRPC gateway driven by `google.api.http` annotations, and the UserService it fronts.
 
+pub mod auth;
 pub mod config;
 pub mod gateway;
 pub mod proto;

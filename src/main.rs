@@ -49,7 +49,9 @@ async fn run(command: Command) -> Result<(), BoxError> {
 }
 
 async fn run_user_service(args: UserServiceArgs, shutdown: CancellationToken) -> Result<(), BoxError> {
-    let config = UserServiceConfig::try_from(&args.options)?;
+    let mut config = UserServiceConfig::try_from(&args.options)?;
+    config.auth = args.auth.config()?;
+    config.auth_reflection = args.auth.jwt_protect_reflection;
     let listener = bind(args.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, db = %user_service::store::redact_password(&config.database_url), "user service listening");
     user_service::serve(&config, listener, shutdown).await?;
@@ -71,11 +73,14 @@ async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> Result<(
 
 /// The UserService and the gateway in one process; the gateway's upstream is the UserService's address.
 async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<(), BoxError> {
-    let user_config = UserServiceConfig::try_from(&args.user_service)?;
+    let mut user_config = UserServiceConfig::try_from(&args.user_service)?;
+    user_config.auth = args.auth.config()?;
+    user_config.auth_reflection = args.auth.jwt_protect_reflection;
     let grpc_listener = bind(args.grpc_listen).await?;
     let grpc_addr = grpc_listener.local_addr()?;
     let upstream = format!("http://{}", loopback_for(grpc_addr));
-    let gateway_config = args.gateway.config(vec![upstream], user_config.drain_timeout)?;
+    let mut gateway_config = args.gateway.config(vec![upstream], user_config.drain_timeout)?;
+    gateway_config.auth.clone_from(&user_config.auth);
     let http_listener = bind(args.listen).await?;
     let started = gateway::start(&DESCRIPTOR_POOL, gateway_config.clone(), shutdown.clone()).await?;
     serve_admin(args.gateway.admin_listen, started.admin, &shutdown).await?;

@@ -12,6 +12,7 @@
 //! the public one.
 
 pub mod admin;
+pub mod auth;
 pub mod catalog;
 pub mod clusters;
 pub mod error;
@@ -87,6 +88,8 @@ pub struct GatewayConfig {
     pub sse_keep_alive: Duration,
     /// How long in-flight requests may finish after shutdown starts.
     pub drain_timeout: Duration,
+    /// JWT authentication of API requests; off when unset.
+    pub auth: Option<crate::auth::AuthConfig>,
 }
 
 impl Default for GatewayConfig {
@@ -107,6 +110,7 @@ impl Default for GatewayConfig {
             cors_allowed_origins: Vec::new(),
             sse_keep_alive: Duration::from_secs(15),
             drain_timeout: Duration::from_secs(30),
+            auth: None,
         }
     }
 }
@@ -120,6 +124,8 @@ pub enum GatewayStartError {
     Upstream(#[from] UpstreamError),
     #[error("invalid CORS origin {0:?}")]
     Cors(String),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthSetupError),
 }
 
 /// What every request handler shares.
@@ -175,6 +181,13 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Gateway, GatewayStartError> {
     let cors = cors_layer(&config.cors_allowed_origins)?;
+    let authenticate = match &config.auth {
+        Some(auth) => Some(auth::AuthenticateLayer::new(crate::auth::Verifier::start(auth).await?)),
+        None => {
+            tracing::info!("JWT authentication is off: API requests need no token (see --jwt-jwks)");
+            None
+        }
+    };
     let clusters = Clusters::start(&config.upstreams, &config.service_upstreams, &config.upstream, &shutdown)?;
     let loader = Loader {
         sources: config.descriptors.clone(),
@@ -215,7 +228,9 @@ pub async fn start(
         .layer(CompressionLayer::new().compress_when(compress))
         .layer(CatchPanicLayer::custom(|_| {
             GatewayError::Upstream(tonic::Status::internal("internal error in the gateway")).into_response()
-        }));
+        }))
+        // Inside CORS, so preflights are answered and 401s carry CORS headers.
+        .option_layer(authenticate);
 
     let public = Router::new()
         .route("/healthz", get(ops::healthz).fallback(ops::operational_method_not_allowed))

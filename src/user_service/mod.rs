@@ -1,6 +1,7 @@
 //! The UserService: the backing gRPC service, with durable storage, validation, pagination, filters and a live
 //! change feed. [`serve`] runs it with grpc.health.v1 and server reflection on one listener.
 
+mod auth;
 mod error;
 mod events;
 pub mod filter;
@@ -26,9 +27,10 @@ pub use events::FeedConfig;
 pub use layers::{CallLog, CallLogLayer, LoggedBody, code_name};
 pub use service::{DEFAULT_PAGE_SIZE, MAX_BATCH_ITEMS, MAX_PAGE_SIZE, UserServiceImpl};
 
+use crate::auth::policy::Policy;
 use crate::config::UserServiceConfig;
-use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::user::user_service_server::UserServiceServer;
+use crate::proto::{DESCRIPTOR_POOL, FILE_DESCRIPTOR_SET};
 use password::PasswordHasher;
 use store::{Store, StoreError, StoreOptions};
 
@@ -47,6 +49,10 @@ pub enum ServeError {
     Hash(#[from] password::HashError),
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthSetupError),
+    #[error(transparent)]
+    Policy(#[from] crate::auth::policy::RuleError),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -90,6 +96,18 @@ pub async fn serve(
         tokio::spawn(relay::run(Arc::clone(&store), relay, stop.clone()));
     }
     let service = UserServiceImpl::new(Arc::clone(&store), hasher, feed);
+    let (service, authenticate) = match &config.auth {
+        Some(auth) => {
+            let verifier = crate::auth::Verifier::start(auth).await?;
+            let policy = Arc::new(Policy::from_pool(&DESCRIPTOR_POOL)?);
+            let layer = auth::AuthenticateLayer::new(verifier, config.auth_reflection);
+            (auth::Authorized::new(service, Some(policy)), Some(layer))
+        }
+        None => {
+            tracing::info!("JWT authentication is off: every call is allowed (see --jwt-jwks)");
+            (auth::Authorized::new(service, None), None)
+        }
+    };
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     // Known before the first call arrives: health clients never see "service not registered".
@@ -106,6 +124,8 @@ pub async fn serve(
 
     let server = Server::builder()
         .layer(CallLogLayer)
+        // Inside the call log, so refused calls are logged too.
+        .layer(tower::util::option_layer(authenticate))
         .add_service(
             UserServiceServer::new(service)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)

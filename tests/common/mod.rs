@@ -190,6 +190,7 @@ pub fn violations(status: &tonic::Status) -> Vec<(String, String)> {
 
 pub mod dnsmasq;
 pub mod echo;
+pub mod jwt;
 pub mod nats;
 pub mod postgres;
 pub mod process;
