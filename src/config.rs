@@ -2,6 +2,7 @@
 //! into validated structs once in `main` and passed down.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -12,6 +13,7 @@ use crate::auth::{AuthConfig, KeySource};
 use crate::gateway::GatewayConfig;
 use crate::gateway::catalog::DescriptorSources;
 use crate::gateway::clusters::ServiceUpstream;
+use crate::gateway::limits::{Cidr, LimitsConfig, Rate, RateLimitConfig, RateLimitKey};
 use crate::gateway::rules::RouteOptions;
 use crate::gateway::transcode::{TranscodeOptions, UnknownQueryParams};
 use crate::telemetry::LogFormat;
@@ -365,6 +367,30 @@ pub struct GatewayOptions {
     /// The longest a call waits for a slot before it gets 503.
     #[arg(long, env = "PORTICO_UPSTREAM_MAX_QUEUE_WAIT", default_value = "1s", value_parser = parse_duration)]
     pub upstream_max_queue_wait: Duration,
+
+    /// Requests per client: COUNT/s, COUNT/min or COUNT/h; beyond it 429 with Retry-After. Off when unset.
+    #[arg(long, env = "PORTICO_RATE_LIMIT", value_name = "RATE")]
+    pub rate_limit: Option<Rate>,
+
+    /// Requests a client may make at once after a quiet spell (default: the rate's count).
+    #[arg(long, env = "PORTICO_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<NonZeroU32>,
+
+    /// What a client is for --rate-limit: ip, subject (the token's sub) or header:NAME.
+    #[arg(long, env = "PORTICO_RATE_LIMIT_KEY", default_value = "ip")]
+    pub rate_limit_key: RateLimitKey,
+
+    /// Proxies (CIDRs, comma-separated) whose X-Forwarded-For names the client for --rate-limit-key ip.
+    #[arg(long, env = "PORTICO_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<Cidr>,
+
+    /// Requests served at once, counted before their bodies are read; beyond it 503 at once. Off when unset.
+    #[arg(long, env = "PORTICO_MAX_CONCURRENT_REQUESTS")]
+    pub max_concurrent_requests: Option<usize>,
+
+    /// Open server streams (SSE, NDJSON) at once; beyond it 503 at once. Off when unset.
+    #[arg(long, env = "PORTICO_MAX_STREAMS")]
+    pub max_streams: Option<usize>,
 }
 
 impl GatewayOptions {
@@ -411,6 +437,34 @@ impl GatewayOptions {
         }
     }
 
+    /// The limits of these options.
+    fn limits(&self) -> Result<LimitsConfig, ConfigError> {
+        for (flag, value) in
+            [("max-concurrent-requests", self.max_concurrent_requests), ("max-streams", self.max_streams)]
+        {
+            if value == Some(0) {
+                return Err(ConfigError { flag, reason: "must be at least 1".into() });
+            }
+        }
+        let rate_limit = match self.rate_limit {
+            Some(rate) => Some(RateLimitConfig {
+                rate,
+                burst: self.rate_limit_burst,
+                key: self.rate_limit_key.clone(),
+                trusted_proxies: self.trusted_proxies.clone(),
+            }),
+            None if self.rate_limit_burst.is_some() => {
+                return Err(ConfigError { flag: "rate-limit-burst", reason: "needs --rate-limit".into() });
+            }
+            None => None,
+        };
+        Ok(LimitsConfig {
+            rate_limit,
+            max_concurrent_requests: self.max_concurrent_requests,
+            max_streams: self.max_streams,
+        })
+    }
+
     /// The gateway config for these options, `upstreams` and `drain_timeout`.
     pub fn config(&self, upstreams: Vec<String>, drain_timeout: Duration) -> Result<GatewayConfig, ConfigError> {
         let upstream = self.upstream_config();
@@ -435,6 +489,7 @@ impl GatewayOptions {
             sse_keep_alive: self.sse_keep_alive,
             drain_timeout,
             auth: None,
+            limits: self.limits()?,
         };
         for (flag, value) in [
             ("upstream-connections", self.upstream_connections),

@@ -34,6 +34,9 @@ pub enum GatewayError {
     /// full: 503 with `Retry-After`, answered at once rather than after a hang.
     #[error("{message}")]
     Unavailable { message: String, retry_after: std::time::Duration },
+    /// The client is over its rate limit: 429 with `Retry-After`.
+    #[error("rate limit exceeded; retry in {}s", retry_after_secs(*retry_after))]
+    RateLimited { retry_after: std::time::Duration },
     /// No valid bearer token: 401 with `WWW-Authenticate`.
     #[error("{0}")]
     Unauthenticated(crate::auth::TokenError),
@@ -75,6 +78,7 @@ impl GatewayError {
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::Unavailable { .. } => Code::Unavailable,
             Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::RateLimited { .. } => Code::ResourceExhausted,
             Self::Upstream(status) => status.code(),
         }
     }
@@ -117,7 +121,7 @@ impl IntoResponse for GatewayError {
         {
             headers.insert(header::ALLOW, value);
         }
-        if let Self::Unavailable { retry_after, .. } = &self {
+        if let Self::Unavailable { retry_after, .. } | Self::RateLimited { retry_after } = &self {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(*retry_after)));
         }
         if let Self::Unauthenticated(error) = &self {

@@ -18,6 +18,7 @@ pub mod clusters;
 pub mod error;
 pub mod handler;
 mod json_check;
+pub mod limits;
 pub mod metadata;
 pub mod openapi;
 mod ops;
@@ -90,6 +91,8 @@ pub struct GatewayConfig {
     pub drain_timeout: Duration,
     /// JWT authentication of API requests; off when unset.
     pub auth: Option<crate::auth::AuthConfig>,
+    /// Rate limit, load shedding and the stream cap; all off by default.
+    pub limits: limits::LimitsConfig,
 }
 
 impl Default for GatewayConfig {
@@ -111,6 +114,7 @@ impl Default for GatewayConfig {
             sse_keep_alive: Duration::from_secs(15),
             drain_timeout: Duration::from_secs(30),
             auth: None,
+            limits: limits::LimitsConfig::default(),
         }
     }
 }
@@ -134,6 +138,8 @@ pub struct GatewayState {
     pub catalog: Arc<LiveCatalog>,
     pub clusters: Clusters,
     pub config: GatewayConfig,
+    /// Slots for open server streams (`--max-streams`).
+    pub streams: limits::StreamSlots,
     shutdown: CancellationToken,
 }
 
@@ -200,7 +206,10 @@ pub async fn start(
     let catalog = Arc::new(LiveCatalog::start(loader).await?);
     catalog::reload::spawn(&catalog, &shutdown);
     let admin = admin::router(Arc::clone(&catalog));
-    let state = Arc::new(GatewayState { catalog: Arc::clone(&catalog), clusters, config, shutdown });
+    let shed = config.limits.max_concurrent_requests.map(limits::LoadShedLayer::new);
+    let rate_limit = config.limits.rate_limit.clone().map(limits::RateLimitLayer::new);
+    let streams = limits::StreamSlots::new(config.limits.max_streams);
+    let state = Arc::new(GatewayState { catalog: Arc::clone(&catalog), clusters, config, streams, shutdown });
 
     // Streams must not be compressed: the encoder would hold events back until its buffer fills.
     let compress = DefaultPredicate::new().and(NotForContentType::const_new(stream::NDJSON));
@@ -229,8 +238,12 @@ pub async fn start(
         .layer(CatchPanicLayer::custom(|_| {
             GatewayError::Upstream(tonic::Status::internal("internal error in the gateway")).into_response()
         }))
-        // Inside CORS, so preflights are answered and 401s carry CORS headers.
-        .option_layer(authenticate);
+        // Inside CORS, so preflights are answered and refusals carry CORS headers. Shedding comes first: it
+        // bounds the work of everything after it, token checks included. The rate limit follows
+        // authentication, so it can key on the verified subject.
+        .option_layer(shed)
+        .option_layer(authenticate)
+        .option_layer(rate_limit);
 
     let public = Router::new()
         .route("/healthz", get(ops::healthz).fallback(ops::operational_method_not_allowed))
