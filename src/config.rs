@@ -15,6 +15,7 @@ use crate::gateway::catalog::DescriptorSources;
 use crate::gateway::clusters::ServiceUpstream;
 use crate::gateway::limits::{Cidr, LimitsConfig, Rate, RateLimitConfig, RateLimitKey};
 use crate::gateway::rules::RouteOptions;
+use crate::gateway::tls::EdgeTlsConfig;
 use crate::gateway::transcode::{TranscodeOptions, UnknownQueryParams};
 use crate::telemetry::LogFormat;
 use crate::upstream::breaker::BreakerConfig;
@@ -22,8 +23,10 @@ use crate::upstream::discovery::DiscoveryConfig;
 use crate::upstream::health::HealthConfig;
 use crate::upstream::limit::LimitConfig;
 use crate::upstream::retry::{Backoff, RetryBudgetConfig, RetryPolicy};
+use crate::upstream::tls::UpstreamTls;
 use crate::upstream::{PoolConfig, RetryConfig, UpstreamConfig};
 use crate::user_service::FeedConfig;
+use crate::user_service::ServiceTls;
 use crate::user_service::password::HashCost;
 use crate::user_service::relay::TailOptions;
 use crate::user_service::store::{ChangeKind, is_postgres_url};
@@ -145,6 +148,10 @@ pub struct ServeArgs {
     /// One set of JWT settings for both the gateway and the UserService.
     #[command(flatten)]
     pub auth: AuthOptions,
+
+    /// HTTPS at the gateway; the loopback hop to the UserService stays plain.
+    #[command(flatten)]
+    pub tls: EdgeTlsOptions,
 }
 
 /// Flags of `portico gateway`.
@@ -203,6 +210,9 @@ pub struct GatewayArgs {
 
     #[command(flatten)]
     pub auth: AuthOptions,
+
+    #[command(flatten)]
+    pub tls: EdgeTlsOptions,
 }
 
 impl GatewayArgs {
@@ -221,6 +231,7 @@ impl GatewayArgs {
         }
         config.service_upstreams.clone_from(&self.service_upstream);
         config.auth = self.auth.config()?;
+        config.tls = self.tls.config()?;
         config.descriptors = DescriptorSources {
             descriptor_sets: self.descriptor_set.clone(),
             protos: self.proto.clone(),
@@ -391,6 +402,84 @@ pub struct GatewayOptions {
     /// Open server streams (SSE, NDJSON) at once; beyond it 503 at once. Off when unset.
     #[arg(long, env = "PORTICO_MAX_STREAMS")]
     pub max_streams: Option<usize>,
+
+    /// CA certificate(s) (PEM) that sign https:// upstreams' certificates; the system's roots when unset.
+    #[arg(long, env = "PORTICO_UPSTREAM_CA", value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM chain) the gateway presents to https:// upstreams that require one.
+    #[arg(long, env = "PORTICO_UPSTREAM_CLIENT_CERT", value_name = "FILE", requires = "upstream_client_key")]
+    pub upstream_client_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --upstream-client-cert.
+    #[arg(long, env = "PORTICO_UPSTREAM_CLIENT_KEY", value_name = "FILE", requires = "upstream_client_cert")]
+    pub upstream_client_key: Option<PathBuf>,
+}
+
+/// HTTPS at the gateway's edge (`gateway` and `serve`).
+#[derive(Debug, Clone, Args)]
+pub struct EdgeTlsOptions {
+    /// Certificate chain (PEM) to serve HTTPS with (HTTP/2 by ALPN and HTTP/1.1); reloaded when the file
+    /// changes. Plain HTTP when unset.
+    #[arg(long, env = "PORTICO_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert; reloaded with it.
+    #[arg(long, env = "PORTICO_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl EdgeTlsOptions {
+    /// The edge's TLS settings, after checking that the pair loads.
+    ///
+    /// # Errors
+    ///
+    /// The files cannot be read or do not hold a certificate and its key.
+    pub fn config(&self) -> Result<Option<EdgeTlsConfig>, ConfigError> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
+        crate::tls::certified_key(cert, key).map_err(|e| ConfigError { flag: "tls-cert", reason: e.to_string() })?;
+        Ok(Some(EdgeTlsConfig { cert: cert.clone(), key: key.clone() }))
+    }
+}
+
+/// TLS of `user-service`: its certificate, and the CA of client certificates it then requires (mTLS).
+#[derive(Debug, Clone, Args)]
+pub struct ServiceTlsOptions {
+    /// Certificate chain (PEM) to serve gRPC over TLS with. Plain text when unset.
+    #[arg(long, env = "PORTICO_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "PORTICO_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificate(s) (PEM): clients must present a certificate signed by it (mTLS).
+    #[arg(long, env = "PORTICO_TLS_CLIENT_CA", value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+impl ServiceTlsOptions {
+    /// The service's TLS settings, with the files read and checked.
+    ///
+    /// # Errors
+    ///
+    /// A file cannot be read, or holds no certificate or key.
+    pub fn config(&self) -> Result<Option<ServiceTls>, ConfigError> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
+        crate::tls::certified_key(cert, key).map_err(|e| ConfigError { flag: "tls-cert", reason: e.to_string() })?;
+        let read = |flag: &'static str, path: &PathBuf| {
+            crate::tls::read_pem(path).map_err(|e| ConfigError { flag, reason: e.to_string() })
+        };
+        let client_ca = match &self.tls_client_ca {
+            Some(ca) => {
+                crate::tls::certificates(ca)
+                    .map_err(|e| ConfigError { flag: "tls-client-ca", reason: e.to_string() })?;
+                Some(read("tls-client-ca", ca)?)
+            }
+            None => None,
+        };
+        Ok(Some(ServiceTls { cert: read("tls-cert", cert)?, key: read("tls-key", key)?, client_ca }))
+    }
 }
 
 impl GatewayOptions {
@@ -465,9 +554,33 @@ impl GatewayOptions {
         })
     }
 
+    /// TLS to https:// upstreams, with the files read and checked.
+    fn upstream_tls(&self) -> Result<UpstreamTls, ConfigError> {
+        let read = |flag: &'static str, path: &PathBuf| {
+            crate::tls::read_pem(path).map_err(|e| ConfigError { flag, reason: e.to_string() })
+        };
+        let ca = match &self.upstream_ca {
+            Some(ca) => {
+                crate::tls::certificates(ca).map_err(|e| ConfigError { flag: "upstream-ca", reason: e.to_string() })?;
+                Some(read("upstream-ca", ca)?)
+            }
+            None => None,
+        };
+        let identity = match (&self.upstream_client_cert, &self.upstream_client_key) {
+            (Some(cert), Some(key)) => {
+                crate::tls::certified_key(cert, key)
+                    .map_err(|e| ConfigError { flag: "upstream-client-cert", reason: e.to_string() })?;
+                Some((read("upstream-client-cert", cert)?, read("upstream-client-key", key)?))
+            }
+            _ => None,
+        };
+        Ok(UpstreamTls { ca, identity })
+    }
+
     /// The gateway config for these options, `upstreams` and `drain_timeout`.
     pub fn config(&self, upstreams: Vec<String>, drain_timeout: Duration) -> Result<GatewayConfig, ConfigError> {
-        let upstream = self.upstream_config();
+        let mut upstream = self.upstream_config();
+        upstream.pool.tls = self.upstream_tls()?;
         upstream.validate().map_err(|e| ConfigError { flag: "upstream-*", reason: e.to_string() })?;
         let config = GatewayConfig {
             upstreams,
@@ -490,6 +603,7 @@ impl GatewayOptions {
             drain_timeout,
             auth: None,
             limits: self.limits()?,
+            tls: None,
         };
         for (flag, value) in [
             ("upstream-connections", self.upstream_connections),
@@ -523,6 +637,9 @@ pub struct UserServiceArgs {
 
     #[command(flatten)]
     pub auth: AuthOptions,
+
+    #[command(flatten)]
+    pub tls: ServiceTlsOptions,
 }
 
 /// UserService settings shared by `serve` and `user-service`.
@@ -607,6 +724,8 @@ pub struct UserServiceConfig {
     pub auth: Option<AuthConfig>,
     /// Server reflection needs a token too (only with `auth`).
     pub auth_reflection: bool,
+    /// gRPC over TLS (and mTLS with a client CA); plain text when unset.
+    pub tls: Option<ServiceTls>,
 }
 
 /// A setting that cannot work, named with the flag that sets it.
@@ -635,6 +754,7 @@ impl UserServiceConfig {
             shutdown_grace: Duration::ZERO,
             auth: None,
             auth_reflection: false,
+            tls: None,
         }
     }
 
@@ -694,6 +814,7 @@ impl TryFrom<&UserServiceOptions> for UserServiceConfig {
             shutdown_grace: args.shutdown_grace,
             auth: None,
             auth_reflection: false,
+            tls: None,
         };
         config.validate()?;
         Ok(config)

@@ -5,5 +5,6 @@ pub mod config;
 pub mod gateway;
 pub mod proto;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 pub mod user_service;

@@ -27,9 +27,10 @@ pub mod rules;
 pub mod server;
 pub mod stream;
 pub mod template;
+pub mod tls;
 pub mod transcode;
 
-pub use server::serve;
+pub use server::{serve, serve_tls};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,6 +94,8 @@ pub struct GatewayConfig {
     pub auth: Option<crate::auth::AuthConfig>,
     /// Rate limit, load shedding and the stream cap; all off by default.
     pub limits: limits::LimitsConfig,
+    /// HTTPS at the edge; plain HTTP when unset.
+    pub tls: Option<tls::EdgeTlsConfig>,
 }
 
 impl Default for GatewayConfig {
@@ -115,6 +118,7 @@ impl Default for GatewayConfig {
             drain_timeout: Duration::from_secs(30),
             auth: None,
             limits: limits::LimitsConfig::default(),
+            tls: None,
         }
     }
 }
@@ -130,6 +134,8 @@ pub enum GatewayStartError {
     Cors(String),
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthSetupError),
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// What every request handler shares.
@@ -172,6 +178,8 @@ pub struct Gateway {
     /// The admin view, to serve on a listener of its own.
     pub admin: Router,
     pub catalog: Arc<LiveCatalog>,
+    /// The edge's TLS (certificates reloaded as their files change), for [`serve_tls`]; None for plain HTTP.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Starts the upstream clusters (discovery and health checks, which stop with `shutdown`), loads the
@@ -187,6 +195,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Gateway, GatewayStartError> {
     let cors = cors_layer(&config.cors_allowed_origins)?;
+    let tls = config.tls.as_ref().map(|tls| tls::acceptor(tls, &shutdown)).transpose()?;
     let authenticate = match &config.auth {
         Some(auth) => Some(auth::AuthenticateLayer::new(crate::auth::Verifier::start(auth).await?)),
         None => {
@@ -254,7 +263,7 @@ pub async fn start(
         .fallback(handler::handle)
         .with_state(state)
         .layer(layers);
-    Ok(Gateway { public, admin, catalog })
+    Ok(Gateway { public, admin, catalog, tls })
 }
 
 fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, GatewayStartError> {

@@ -11,6 +11,7 @@ pub mod password;
 pub mod relay;
 mod service;
 pub mod store;
+mod tls;
 pub mod validate;
 
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use tonic_health::server::HealthReporter;
 pub use events::FeedConfig;
 pub use layers::{CallLog, CallLogLayer, LoggedBody, code_name};
 pub use service::{DEFAULT_PAGE_SIZE, MAX_BATCH_ITEMS, MAX_PAGE_SIZE, UserServiceImpl};
+pub use tls::ServiceTls;
 
 use crate::auth::policy::Policy;
 use crate::config::UserServiceConfig;
@@ -122,7 +124,11 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let server = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls.server_config())?;
+    }
+    let server = builder
         .layer(CallLogLayer)
         // Inside the call log, so refused calls are logged too.
         .layer(tower::util::option_layer(authenticate))

@@ -192,6 +192,7 @@ pub mod dnsmasq;
 pub mod echo;
 pub mod jwt;
 pub mod nats;
+pub mod pki;
 pub mod postgres;
 pub mod process;
 pub mod python;
