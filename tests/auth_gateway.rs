@@ -50,7 +50,7 @@ fn auth_config(keys: KeySource) -> AuthConfig {
 async fn secured(keys: KeySource, dir: tempfile::TempDir) -> Secured {
     let config = auth_config(keys);
     let service_config = config.clone();
-    let upstream = common::start_with(move |c| c.auth = Some(service_config)).await;
+    let upstream = common::start_with(common::Backend::Sqlite, move |c| c.auth = Some(service_config)).await;
     let _ = upstream.client().await;
     let gateway = portico::gateway::GatewayConfig {
         upstreams: vec![format!("http://{}", upstream.addr)],
@@ -238,5 +238,42 @@ async fn made_up_key_ids_cannot_hammer_the_issuer() -> TestResult {
     assert!(fetched <= 1, "{fetched} JWKS fetches for 20 unknown key ids");
     // Real tokens still pass meanwhile.
     assert_eq!(call(gateway.addr, Method::GET, "/v1/users", Some(&real), "").await?.status, StatusCode::OK);
+    Ok(())
+}
+
+#[tokio::test]
+async fn cors_preflights_need_no_token_and_refusals_carry_cors_headers() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("jwks.json");
+    std::fs::write(&file, jwt::jwks(&[&SigningKey::es256("k")]))?;
+    let auth = auth_config(KeySource::JwksFile(file));
+    let upstream = common::start().await;
+    let _ = upstream.client().await;
+    let config = portico::gateway::GatewayConfig {
+        upstreams: vec![format!("http://{}", upstream.addr)],
+        cors_allowed_origins: vec!["https://app.example.com".into()],
+        auth: Some(auth),
+        ..Default::default()
+    };
+    let (addr, shutdown) = common::spawn_gateway(config).await;
+    let origin = ("origin", "https://app.example.com");
+    let preflight = rest::send(
+        addr,
+        Method::OPTIONS,
+        "/v1/users",
+        &[origin, ("access-control-request-method", "GET"), ("access-control-request-headers", "authorization")],
+        Bytes::new(),
+    )
+    .await?;
+    assert_eq!(preflight.status, StatusCode::OK, "{}", preflight.text());
+    assert_eq!(preflight.header("access-control-allow-origin"), Some("https://app.example.com"));
+    let refused = rest::send(addr, Method::GET, "/v1/users", &[origin], Bytes::new()).await?;
+    assert_unauthenticated(&refused, "GET without a token");
+    assert_eq!(
+        refused.header("access-control-allow-origin"),
+        Some("https://app.example.com"),
+        "the browser can read the 401"
+    );
+    shutdown.cancel();
     Ok(())
 }

@@ -28,7 +28,7 @@ async fn secured(key: &SigningKey, protect_reflection: bool) -> (TestServer, tem
     let jwks_file = dir.path().join("jwks.json");
     std::fs::write(&jwks_file, jwt::jwks(&[key])).expect("write JWKS");
     let config = auth_config(&jwks_file);
-    let server = common::start_with(move |c| {
+    let server = common::start_with(common::Backend::Sqlite, move |c| {
         c.auth = Some(config);
         c.auth_reflection = protect_reflection;
     })

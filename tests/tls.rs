@@ -166,7 +166,7 @@ async fn mtls_user_service(server: &Pair, client_ca: &std::path::Path) -> common
         key: std::fs::read(&server.key).expect("key"),
         client_ca: Some(std::fs::read(client_ca).expect("client CA")),
     };
-    let server = common::start_with(move |c| c.tls = Some(tls)).await;
+    let server = common::start_with(common::Backend::Sqlite, move |c| c.tls = Some(tls)).await;
     // Up when its port takes connections.
     for _ in 0..100 {
         if TcpStream::connect(server.addr).await.is_ok() {

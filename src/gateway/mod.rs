@@ -2,13 +2,15 @@
 //! nothing here knows any particular service.
 //!
 //! ```text
-//! client ─▶ layers (request id, log line, CORS, compression, panic → 500) ─▶ route table (fallback service)
+//! client ─▶ accept loop (TLS) ─▶ layers (request id, log line, CORS, compression, panic → 500, load shedding,
+//!        JWT → 401, rate limit → 429) ─▶ route table (fallback service)
 //!        ─▶ transcode in ─▶ upstream (deadline, bulkhead, retries, p2c, breakers) ─▶ transcode out / SSE / NDJSON
 //! ```
 //!
 //! The route table lives in the catalog (`catalog/`), which reloads and swaps it whole; the clusters
-//! (`clusters.rs`) are the upstreams the routes call. The accept loop is `server.rs`, the operational
-//! endpoints `ops.rs`. The admin view (`admin.rs`) is a separate router, served on its own listener, never on
+//! (`clusters.rs`) are the upstreams the routes call. The accept loop is `server.rs` (with `tls.rs` for
+//! HTTPS), the operational endpoints `ops.rs`; `auth.rs` checks tokens and `limits/` holds the rate limit,
+//! load shedding and the stream cap. The admin view (`admin.rs`) is a separate router, served on its own listener, never on
 //! the public one.
 
 pub mod admin;
