@@ -190,12 +190,12 @@ fn operations_carry_the_access_rules_of_the_proto() {
     assert_eq!(security("/v1/users", "get"), serde_json::json!([admin, auditor]), "ListUsers: admin or auditor");
     assert_eq!(security("/v1/users:watch", "get"), serde_json::json!([admin, auditor]));
     assert_eq!(security("/v1/users/{id}", "get"), serde_json::json!([admin, any_token]), "GetUser: admin or itself");
-    assert_eq!(security("/v1/users/{user_id}", "patch"), serde_json::json!([admin, any_token]));
+    assert_eq!(security("/v1/users/{id}", "patch"), serde_json::json!([admin, any_token]));
     for (path, method) in [("/v1/users", "post"), ("/v1/users/{id}", "delete"), ("/v1/users:batchCreate", "post")] {
         assert_eq!(security(path, method), serde_json::json!([admin]), "{method} {path}: admin only");
         assert!(doc["paths"][path][method]["responses"]["401"].is_object(), "{method} {path} documents 401");
         assert!(doc["paths"][path][method]["responses"]["403"].is_object(), "{method} {path} documents 403");
     }
-    let patch = doc["paths"]["/v1/users/{user_id}"]["patch"]["description"].as_str().unwrap_or_default();
+    let patch = doc["paths"]["/v1/users/{id}"]["patch"]["description"].as_str().unwrap_or_default();
     assert!(patch.contains("Changing roles or status of the caller's own user needs admin"), "{patch}");
 }
