@@ -2,16 +2,20 @@
 //! into validated structs once in `main` and passed down.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use std::path::PathBuf;
 
+use crate::auth::{AuthConfig, KeySource};
 use crate::gateway::GatewayConfig;
 use crate::gateway::catalog::DescriptorSources;
 use crate::gateway::clusters::ServiceUpstream;
+use crate::gateway::limits::{Cidr, LimitsConfig, Rate, RateLimitConfig, RateLimitKey};
 use crate::gateway::rules::RouteOptions;
+use crate::gateway::tls::EdgeTlsConfig;
 use crate::gateway::transcode::{TranscodeOptions, UnknownQueryParams};
 use crate::telemetry::LogFormat;
 use crate::upstream::breaker::BreakerConfig;
@@ -19,8 +23,10 @@ use crate::upstream::discovery::DiscoveryConfig;
 use crate::upstream::health::HealthConfig;
 use crate::upstream::limit::LimitConfig;
 use crate::upstream::retry::{Backoff, RetryBudgetConfig, RetryPolicy};
+use crate::upstream::tls::UpstreamTls;
 use crate::upstream::{PoolConfig, RetryConfig, UpstreamConfig};
 use crate::user_service::FeedConfig;
+use crate::user_service::ServiceTls;
 use crate::user_service::password::HashCost;
 use crate::user_service::relay::{EventNames, NameError, NatsAuth, NatsTarget, NatsTls, Secret, TailOptions};
 use crate::user_service::store::{ChangeKind, is_postgres_url};
@@ -316,6 +322,14 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub user_service: UserServiceOptions,
+
+    /// One set of JWT settings for both the gateway and the UserService.
+    #[command(flatten)]
+    pub auth: AuthOptions,
+
+    /// HTTPS at the gateway; the loopback hop to the UserService stays plain.
+    #[command(flatten)]
+    pub tls: EdgeTlsOptions,
 }
 
 /// Flags of `portico gateway`.
@@ -371,6 +385,12 @@ pub struct GatewayArgs {
 
     #[command(flatten)]
     pub gateway: GatewayOptions,
+
+    #[command(flatten)]
+    pub auth: AuthOptions,
+
+    #[command(flatten)]
+    pub tls: EdgeTlsOptions,
 }
 
 impl GatewayArgs {
@@ -388,6 +408,8 @@ impl GatewayArgs {
             return Err(ConfigError { flag: "proto-path", reason: "is only used with --proto".into() });
         }
         config.service_upstreams.clone_from(&self.service_upstream);
+        config.auth = self.auth.config()?;
+        config.tls = self.tls.config()?;
         config.descriptors = DescriptorSources {
             descriptor_sets: self.descriptor_set.clone(),
             protos: self.proto.clone(),
@@ -534,6 +556,108 @@ pub struct GatewayOptions {
     /// The longest a call waits for a slot before it gets 503.
     #[arg(long, env = "PORTICO_UPSTREAM_MAX_QUEUE_WAIT", default_value = "1s", value_parser = parse_duration)]
     pub upstream_max_queue_wait: Duration,
+
+    /// Requests per client: COUNT/s, COUNT/min or COUNT/h; beyond it 429 with Retry-After. Off when unset.
+    #[arg(long, env = "PORTICO_RATE_LIMIT", value_name = "RATE")]
+    pub rate_limit: Option<Rate>,
+
+    /// Requests a client may make at once after a quiet spell (default: the rate's count).
+    #[arg(long, env = "PORTICO_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<NonZeroU32>,
+
+    /// What a client is for --rate-limit: ip, subject (the token's sub) or header:NAME.
+    #[arg(long, env = "PORTICO_RATE_LIMIT_KEY", default_value = "ip")]
+    pub rate_limit_key: RateLimitKey,
+
+    /// Proxies (CIDRs, comma-separated) whose X-Forwarded-For names the client for --rate-limit-key ip.
+    #[arg(long, env = "PORTICO_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<Cidr>,
+
+    /// Requests served at once, counted before their bodies are read; beyond it 503 at once. Off when unset.
+    #[arg(long, env = "PORTICO_MAX_CONCURRENT_REQUESTS")]
+    pub max_concurrent_requests: Option<usize>,
+
+    /// Open server streams (SSE, NDJSON) at once; beyond it 503 at once. Off when unset.
+    #[arg(long, env = "PORTICO_MAX_STREAMS")]
+    pub max_streams: Option<usize>,
+
+    /// CA certificate(s) (PEM) that sign https:// upstreams' certificates; the system's roots when unset.
+    #[arg(long, env = "PORTICO_UPSTREAM_CA", value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM chain) the gateway presents to https:// upstreams that require one.
+    #[arg(long, env = "PORTICO_UPSTREAM_CLIENT_CERT", value_name = "FILE", requires = "upstream_client_key")]
+    pub upstream_client_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --upstream-client-cert.
+    #[arg(long, env = "PORTICO_UPSTREAM_CLIENT_KEY", value_name = "FILE", requires = "upstream_client_cert")]
+    pub upstream_client_key: Option<PathBuf>,
+}
+
+/// HTTPS at the gateway's edge (`gateway` and `serve`).
+#[derive(Debug, Clone, Args)]
+pub struct EdgeTlsOptions {
+    /// Certificate chain (PEM) to serve HTTPS with (HTTP/2 by ALPN and HTTP/1.1); reloaded when the file
+    /// changes. Plain HTTP when unset.
+    #[arg(long, env = "PORTICO_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert; reloaded with it.
+    #[arg(long, env = "PORTICO_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl EdgeTlsOptions {
+    /// The edge's TLS settings, after checking that the pair loads.
+    ///
+    /// # Errors
+    ///
+    /// The files cannot be read or do not hold a certificate and its key.
+    pub fn config(&self) -> Result<Option<EdgeTlsConfig>, ConfigError> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
+        crate::tls::certified_key(cert, key).map_err(|e| ConfigError { flag: "tls-cert", reason: e.to_string() })?;
+        Ok(Some(EdgeTlsConfig { cert: cert.clone(), key: key.clone() }))
+    }
+}
+
+/// TLS of `user-service`: its certificate, and the CA of client certificates it then requires (mTLS).
+#[derive(Debug, Clone, Args)]
+pub struct ServiceTlsOptions {
+    /// Certificate chain (PEM) to serve gRPC over TLS with. Plain text when unset.
+    #[arg(long, env = "PORTICO_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "PORTICO_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificate(s) (PEM): clients must present a certificate signed by it (mTLS).
+    #[arg(long, env = "PORTICO_TLS_CLIENT_CA", value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+impl ServiceTlsOptions {
+    /// The service's TLS settings, with the files read and checked.
+    ///
+    /// # Errors
+    ///
+    /// A file cannot be read, or holds no certificate or key.
+    pub fn config(&self) -> Result<Option<ServiceTls>, ConfigError> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
+        crate::tls::certified_key(cert, key).map_err(|e| ConfigError { flag: "tls-cert", reason: e.to_string() })?;
+        let read = |flag: &'static str, path: &PathBuf| {
+            crate::tls::read_pem(path).map_err(|e| ConfigError { flag, reason: e.to_string() })
+        };
+        let client_ca = match &self.tls_client_ca {
+            Some(ca) => {
+                crate::tls::certificates(ca)
+                    .map_err(|e| ConfigError { flag: "tls-client-ca", reason: e.to_string() })?;
+                Some(read("tls-client-ca", ca)?)
+            }
+            None => None,
+        };
+        Ok(Some(ServiceTls { cert: read("tls-cert", cert)?, key: read("tls-key", key)?, client_ca }))
+    }
 }
 
 impl GatewayOptions {
@@ -580,9 +704,61 @@ impl GatewayOptions {
         }
     }
 
+    /// The limits of these options.
+    fn limits(&self) -> Result<LimitsConfig, ConfigError> {
+        for (flag, value) in
+            [("max-concurrent-requests", self.max_concurrent_requests), ("max-streams", self.max_streams)]
+        {
+            if value == Some(0) {
+                return Err(ConfigError { flag, reason: "must be at least 1".into() });
+            }
+        }
+        let rate_limit = match self.rate_limit {
+            Some(rate) => Some(RateLimitConfig {
+                rate,
+                burst: self.rate_limit_burst,
+                key: self.rate_limit_key.clone(),
+                trusted_proxies: self.trusted_proxies.clone(),
+            }),
+            None if self.rate_limit_burst.is_some() => {
+                return Err(ConfigError { flag: "rate-limit-burst", reason: "needs --rate-limit".into() });
+            }
+            None => None,
+        };
+        Ok(LimitsConfig {
+            rate_limit,
+            max_concurrent_requests: self.max_concurrent_requests,
+            max_streams: self.max_streams,
+        })
+    }
+
+    /// TLS to https:// upstreams, with the files read and checked.
+    fn upstream_tls(&self) -> Result<UpstreamTls, ConfigError> {
+        let read = |flag: &'static str, path: &PathBuf| {
+            crate::tls::read_pem(path).map_err(|e| ConfigError { flag, reason: e.to_string() })
+        };
+        let ca = match &self.upstream_ca {
+            Some(ca) => {
+                crate::tls::certificates(ca).map_err(|e| ConfigError { flag: "upstream-ca", reason: e.to_string() })?;
+                Some(read("upstream-ca", ca)?)
+            }
+            None => None,
+        };
+        let identity = match (&self.upstream_client_cert, &self.upstream_client_key) {
+            (Some(cert), Some(key)) => {
+                crate::tls::certified_key(cert, key)
+                    .map_err(|e| ConfigError { flag: "upstream-client-cert", reason: e.to_string() })?;
+                Some((read("upstream-client-cert", cert)?, read("upstream-client-key", key)?))
+            }
+            _ => None,
+        };
+        Ok(UpstreamTls { ca, identity })
+    }
+
     /// The gateway config for these options, `upstreams` and `drain_timeout`.
     pub fn config(&self, upstreams: Vec<String>, drain_timeout: Duration) -> Result<GatewayConfig, ConfigError> {
-        let upstream = self.upstream_config();
+        let mut upstream = self.upstream_config();
+        upstream.pool.tls = self.upstream_tls()?;
         upstream.validate().map_err(|e| ConfigError { flag: "upstream-*", reason: e.to_string() })?;
         let config = GatewayConfig {
             upstreams,
@@ -603,6 +779,9 @@ impl GatewayOptions {
             cors_allowed_origins: self.cors_allowed_origins.clone(),
             sse_keep_alive: self.sse_keep_alive,
             drain_timeout,
+            auth: None,
+            limits: self.limits()?,
+            tls: None,
         };
         for (flag, value) in [
             ("upstream-connections", self.upstream_connections),
@@ -633,6 +812,12 @@ pub struct UserServiceArgs {
 
     #[command(flatten)]
     pub options: UserServiceOptions,
+
+    #[command(flatten)]
+    pub auth: AuthOptions,
+
+    #[command(flatten)]
+    pub tls: ServiceTlsOptions,
 }
 
 /// UserService settings shared by `serve` and `user-service`.
@@ -731,6 +916,12 @@ pub struct UserServiceConfig {
     pub health_check_interval: Duration,
     /// NOT_SERVING while still serving, at the start of shutdown.
     pub shutdown_grace: Duration,
+    /// JWT authentication and the proto's access rules; off when unset.
+    pub auth: Option<AuthConfig>,
+    /// Server reflection needs a token too (only with `auth`).
+    pub auth_reflection: bool,
+    /// gRPC over TLS (and mTLS with a client CA); plain text when unset.
+    pub tls: Option<ServiceTls>,
 }
 
 /// A setting that cannot work, named with the flag that sets it.
@@ -762,6 +953,9 @@ impl UserServiceConfig {
             drain_timeout: Duration::from_secs(30),
             health_check_interval: Duration::from_secs(5),
             shutdown_grace: Duration::ZERO,
+            auth: None,
+            auth_reflection: false,
+            tls: None,
         }
     }
 
@@ -826,9 +1020,109 @@ impl TryFrom<&UserServiceOptions> for UserServiceConfig {
             drain_timeout: args.drain_timeout,
             health_check_interval: args.health_check_interval,
             shutdown_grace: args.shutdown_grace,
+            auth: None,
+            auth_reflection: false,
+            tls: None,
         };
         config.validate()?;
         Ok(config)
+    }
+}
+
+/// JWT settings, the same on `serve`, `gateway` and `user-service`. Any key source turns auth on.
+#[derive(Debug, Clone, Args)]
+pub struct AuthOptions {
+    /// JWKS with the token signing keys (RS256, ES256, EdDSA): a file, or an http(s) URL such as an OIDC
+    /// provider's jwks_uri (re-fetched periodically and when a token names an unknown key id).
+    #[arg(long, env = "PORTICO_JWT_JWKS", value_name = "FILE_OR_URL")]
+    pub jwt_jwks: Option<String>,
+
+    /// File holding a shared HS256 secret (at least 32 bytes), instead of a JWKS.
+    #[arg(long, env = "PORTICO_JWT_HS256_SECRET_FILE", value_name = "FILE")]
+    pub jwt_hs256_secret_file: Option<PathBuf>,
+
+    /// The issuer (iss) tokens must carry.
+    #[arg(long, env = "PORTICO_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// The audience (aud) tokens must carry; required with --jwt-jwks.
+    #[arg(long, env = "PORTICO_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Clock skew allowed on exp and nbf.
+    #[arg(long, env = "PORTICO_JWT_LEEWAY", default_value = "30s", value_parser = parse_duration)]
+    pub jwt_leeway: Duration,
+
+    /// The claim holding the caller's roles; a dotted path reaches into objects (realm_access.roles).
+    #[arg(long, env = "PORTICO_JWT_ROLES_CLAIM", default_value = AuthConfig::DEFAULT_ROLES_CLAIM)]
+    pub jwt_roles_claim: String,
+
+    /// How often the JWKS is read again.
+    #[arg(long, env = "PORTICO_JWT_JWKS_REFRESH", default_value = "5m", value_parser = parse_duration)]
+    pub jwt_jwks_refresh: Duration,
+
+    /// The UserService's server reflection needs a token too (health checks never do).
+    #[arg(long, env = "PORTICO_JWT_PROTECT_REFLECTION")]
+    pub jwt_protect_reflection: bool,
+}
+
+impl AuthOptions {
+    /// The auth settings, or None when no key source is given (auth off).
+    ///
+    /// # Errors
+    ///
+    /// Both key sources at once, issuer or audience without keys, a JWKS without an audience, or a malformed
+    /// roles claim.
+    pub fn config(&self) -> Result<Option<AuthConfig>, ConfigError> {
+        let keys = match (&self.jwt_jwks, &self.jwt_hs256_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError {
+                    flag: "jwt-hs256-secret-file",
+                    reason: "cannot be used with --jwt-jwks".into(),
+                });
+            }
+            (Some(jwks), None) if jwks.starts_with("http://") || jwks.starts_with("https://") => {
+                KeySource::JwksUrl(jwks.clone())
+            }
+            (Some(jwks), None) => KeySource::JwksFile(PathBuf::from(jwks)),
+            (None, Some(secret)) => KeySource::Hs256SecretFile(secret.clone()),
+            (None, None) => {
+                let stray = [("jwt-issuer", self.jwt_issuer.is_some()), ("jwt-audience", self.jwt_audience.is_some())];
+                if let Some((flag, _)) = stray.into_iter().find(|(_, set)| *set) {
+                    return Err(ConfigError { flag, reason: "needs --jwt-jwks or --jwt-hs256-secret-file".into() });
+                }
+                if self.jwt_protect_reflection {
+                    return Err(ConfigError {
+                        flag: "jwt-protect-reflection",
+                        reason: "needs --jwt-jwks or --jwt-hs256-secret-file".into(),
+                    });
+                }
+                return Ok(None);
+            }
+        };
+        if matches!(keys, KeySource::JwksFile(_) | KeySource::JwksUrl(_)) && self.jwt_audience.is_none() {
+            return Err(ConfigError {
+                flag: "jwt-audience",
+                reason: "is required with --jwt-jwks: a provider's keys sign tokens for all of its clients".into(),
+            });
+        }
+        if self.jwt_roles_claim.split('.').any(str::is_empty) {
+            return Err(ConfigError {
+                flag: "jwt-roles-claim",
+                reason: "must be a claim name or a dotted path".into(),
+            });
+        }
+        if self.jwt_jwks_refresh.is_zero() {
+            return Err(ConfigError { flag: "jwt-jwks-refresh", reason: "must be longer than 0".into() });
+        }
+        Ok(Some(AuthConfig {
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            leeway: self.jwt_leeway,
+            roles_claim: self.jwt_roles_claim.clone(),
+            jwks_refresh: self.jwt_jwks_refresh,
+            ..AuthConfig::new(keys)
+        }))
     }
 }
 

@@ -1,8 +1,10 @@
 //! Portico: a REST-to-gRPC gateway driven by `google.api.http` annotations, and the UserService it fronts.
 
+pub mod auth;
 pub mod config;
 pub mod gateway;
 pub mod proto;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 pub mod user_service;

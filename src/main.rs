@@ -49,7 +49,10 @@ async fn run(command: Command) -> Result<(), BoxError> {
 }
 
 async fn run_user_service(args: UserServiceArgs, shutdown: CancellationToken) -> Result<(), BoxError> {
-    let config = UserServiceConfig::try_from(&args.options)?;
+    let mut config = UserServiceConfig::try_from(&args.options)?;
+    config.auth = args.auth.config()?;
+    config.auth_reflection = args.auth.jwt_protect_reflection;
+    config.tls = args.tls.config()?;
     let listener = bind(args.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, db = %user_service::store::redact_password(&config.database_url), "user service listening");
     user_service::serve(&config, listener, shutdown).await?;
@@ -62,35 +65,52 @@ async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> Result<(
     let listener = bind(args.listen).await?;
     let started = gateway::start(&DESCRIPTOR_POOL, config.clone(), shutdown.clone()).await?;
     gateway::catalog::reload::reload_on_sighup(&started.catalog, &shutdown);
-    serve_admin(args.gateway.admin_listen, started.admin, &shutdown).await?;
-    tracing::info!(addr = %listener.local_addr()?, upstreams = ?config.upstreams, "gateway listening");
-    gateway::serve(listener, started.public, &config, shutdown).await;
+    serve_admin(args.gateway.admin_listen, started.admin.clone(), &shutdown).await?;
+    tracing::info!(addr = %listener.local_addr()?, upstreams = ?config.upstreams, tls = started.tls.is_some(), "gateway listening");
+    serve_public(listener, started, &config, shutdown).await;
     tracing::info!("gateway stopped");
     Ok(())
 }
 
 /// The UserService and the gateway in one process; the gateway's upstream is the UserService's address.
 async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<(), BoxError> {
-    let user_config = UserServiceConfig::try_from(&args.user_service)?;
+    let mut user_config = UserServiceConfig::try_from(&args.user_service)?;
+    user_config.auth = args.auth.config()?;
+    user_config.auth_reflection = args.auth.jwt_protect_reflection;
     let grpc_listener = bind(args.grpc_listen).await?;
     let grpc_addr = grpc_listener.local_addr()?;
     let upstream = format!("http://{}", loopback_for(grpc_addr));
-    let gateway_config = args.gateway.config(vec![upstream], user_config.drain_timeout)?;
+    let mut gateway_config = args.gateway.config(vec![upstream], user_config.drain_timeout)?;
+    gateway_config.auth.clone_from(&user_config.auth);
+    gateway_config.tls = args.tls.config()?;
     let http_listener = bind(args.listen).await?;
     let started = gateway::start(&DESCRIPTOR_POOL, gateway_config.clone(), shutdown.clone()).await?;
-    serve_admin(args.gateway.admin_listen, started.admin, &shutdown).await?;
+    serve_admin(args.gateway.admin_listen, started.admin.clone(), &shutdown).await?;
     tracing::info!(addr = %grpc_addr, db = %user_service::store::redact_password(&user_config.database_url), "user service listening");
-    tracing::info!(addr = %http_listener.local_addr()?, "gateway listening");
+    tracing::info!(addr = %http_listener.local_addr()?, tls = started.tls.is_some(), "gateway listening");
 
     let user_service = tokio::spawn({
         let shutdown = shutdown.clone();
         async move { user_service::serve(&user_config, grpc_listener, shutdown).await }
     });
-    gateway::serve(http_listener, started.public, &gateway_config, shutdown.clone()).await;
+    serve_public(http_listener, started, &gateway_config, shutdown.clone()).await;
     // The gateway has drained; the UserService drains its own calls (watches end at once).
     user_service.await??;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves the gateway's public router, over TLS when it has a certificate.
+async fn serve_public(
+    listener: TcpListener,
+    started: gateway::Gateway,
+    config: &gateway::GatewayConfig,
+    shutdown: CancellationToken,
+) {
+    match started.tls {
+        Some(tls) => gateway::serve_tls(listener, started.public, tls, config, shutdown).await,
+        None => gateway::serve(listener, started.public, config, shutdown).await,
+    }
 }
 
 /// Serves the admin view on its own listener, when one is configured, until shutdown.

@@ -110,5 +110,8 @@ async fn swagger_ui_renders_the_api_from_embedded_assets() -> TestResult {
     for expected in ["/v1/users/{id}", "/v1/users:watch", "/v1/users:batchCreate"] {
         assert!(dom.contains(expected), "the UI lists {expected}");
     }
+    // The bearer scheme of the document gives the UI its "Authorize" button, and locks on secured operations.
+    assert!(dom.contains("btn authorize"), "Swagger UI shows the Authorize button");
+    assert!(dom.contains("authorization__btn"), "secured operations show their lock");
     Ok(())
 }

@@ -447,7 +447,7 @@ async fn two_services_on_two_upstreams() -> Result<(), Error> {
     assert_eq!(book.header("grpc-metadata-echo-server"), Some("main"), "the rest go to the default upstream");
     assert_eq!((main.calls(), stock.calls()), (1, 1));
 
-    let ready = rest::get(gateway.addr, "/readyz").await?.json();
+    let ready = rest::get(gateway.admin, "/admin/readyz").await?.json();
     let clusters: Vec<&str> =
         ready["clusters"].as_array().into_iter().flatten().filter_map(|c| c["name"].as_str()).collect();
     assert_eq!(clusters, ["default", "inventory.Inventory"], "{ready}");

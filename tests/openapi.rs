@@ -176,3 +176,26 @@ fn the_document_describes_the_user_api() {
     }
     assert_eq!(operations, 7, "one operation per RPC binding");
 }
+
+#[test]
+fn operations_carry_the_access_rules_of_the_proto() {
+    let doc = committed_json();
+    let scheme = &doc["components"]["securitySchemes"]["bearerAuth"];
+    assert_eq!((scheme["type"].as_str(), scheme["scheme"].as_str()), (Some("http"), Some("bearer")));
+    assert_eq!(scheme["bearerFormat"], "JWT");
+    let security = |path: &str, method: &str| doc["paths"][path][method]["security"].clone();
+    let admin = serde_json::json!({"bearerAuth": ["admin"]});
+    let auditor = serde_json::json!({"bearerAuth": ["auditor"]});
+    let any_token = serde_json::json!({"bearerAuth": []});
+    assert_eq!(security("/v1/users", "get"), serde_json::json!([admin, auditor]), "ListUsers: admin or auditor");
+    assert_eq!(security("/v1/users:watch", "get"), serde_json::json!([admin, auditor]));
+    assert_eq!(security("/v1/users/{id}", "get"), serde_json::json!([admin, any_token]), "GetUser: admin or itself");
+    assert_eq!(security("/v1/users/{id}", "patch"), serde_json::json!([admin, any_token]));
+    for (path, method) in [("/v1/users", "post"), ("/v1/users/{id}", "delete"), ("/v1/users:batchCreate", "post")] {
+        assert_eq!(security(path, method), serde_json::json!([admin]), "{method} {path}: admin only");
+        assert!(doc["paths"][path][method]["responses"]["401"].is_object(), "{method} {path} documents 401");
+        assert!(doc["paths"][path][method]["responses"]["403"].is_object(), "{method} {path} documents 403");
+    }
+    let patch = doc["paths"]["/v1/users/{id}"]["patch"]["description"].as_str().unwrap_or_default();
+    assert!(patch.contains("Changing roles or status of the caller's own user needs admin"), "{patch}");
+}

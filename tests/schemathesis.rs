@@ -68,15 +68,29 @@ fn fuzz(dir: &Path, base: SocketAddr, max_examples: u32, extra: &[&str]) -> Resu
 async fn the_user_api_holds_up_under_schemathesis() -> Result<(), Error> {
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("users.db").display().to_string();
+    // Run as the document says: every operation needs a bearer token. schemathesis sends an admin's token,
+    // and checks that requests without it, or with a broken one, are refused with 401.
+    let secret = "schemathesis-shared-secret-of-32-bytes";
+    let secret_file = dir.path().join("jwt-secret");
+    std::fs::write(&secret_file, secret)?;
+    let secret_arg = secret_file.display().to_string();
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &common::jwt::claims("1", &["admin"]),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )?;
+    let authorization = format!("Authorization: Bearer {token}");
     let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--db", &db];
+    args.extend_from_slice(&["--jwt-hs256-secret-file", &secret_arg]);
     args.extend_from_slice(&FAST_FLAGS);
     let server = Process::start(&args, "warn,portico=info")?;
     let addr = server.address("gateway listening").await?;
     let dir_path = dir.path().to_path_buf();
     // The watch is an endless stream by design; schemathesis would wait for its end.
-    let generated =
-        tokio::task::spawn_blocking(move || fuzz(&dir_path, addr, 150, &["--exclude-path", "/v1/users:watch"]))
-            .await??;
+    let generated = tokio::task::spawn_blocking(move || {
+        fuzz(&dir_path, addr, 150, &["--exclude-path", "/v1/users:watch", "--header", &authorization])
+    })
+    .await??;
     assert!(generated >= 2000, "only {generated} cases were generated");
     drop(server);
     Ok(())

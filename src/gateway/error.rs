@@ -34,6 +34,12 @@ pub enum GatewayError {
     /// full: 503 with `Retry-After`, answered at once rather than after a hang.
     #[error("{message}")]
     Unavailable { message: String, retry_after: std::time::Duration },
+    /// The client is over its rate limit: 429 with `Retry-After`.
+    #[error("rate limit exceeded; retry in {}s", retry_after_secs(*retry_after))]
+    RateLimited { retry_after: std::time::Duration },
+    /// No valid bearer token: 401 with `WWW-Authenticate`.
+    #[error("{0}")]
+    Unauthenticated(crate::auth::TokenError),
     /// A status from the upstream service (or from tonic on its behalf), with its details.
     #[error("{}", .0.message())]
     Upstream(tonic::Status),
@@ -71,6 +77,8 @@ impl GatewayError {
             Self::BodyTimeout(_) => Code::DeadlineExceeded,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::Unavailable { .. } => Code::Unavailable,
+            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::RateLimited { .. } => Code::ResourceExhausted,
             Self::Upstream(status) => status.code(),
         }
     }
@@ -113,11 +121,29 @@ impl IntoResponse for GatewayError {
         {
             headers.insert(header::ALLOW, value);
         }
-        if let Self::Unavailable { retry_after, .. } = &self {
+        if let Self::Unavailable { retry_after, .. } | Self::RateLimited { retry_after } = &self {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(*retry_after)));
+        }
+        if let Self::Unauthenticated(error) = &self {
+            headers.insert(header::WWW_AUTHENTICATE, www_authenticate(error));
         }
         response
     }
+}
+
+/// RFC 6750 §3: a request without credentials gets the bare challenge; a bad token gets `invalid_token` and
+/// the reason (quotes and backslashes left out, as they would end the quoted string).
+fn www_authenticate(error: &crate::auth::TokenError) -> HeaderValue {
+    if error.is_missing() {
+        return HeaderValue::from_static("Bearer");
+    }
+    let description: String = error
+        .to_string()
+        .chars()
+        .filter(|c| c.is_ascii() && !c.is_ascii_control() && !matches!(c, '"' | '\\'))
+        .collect();
+    HeaderValue::from_str(&format!("Bearer error=\"invalid_token\", error_description=\"{description}\""))
+        .unwrap_or_else(|_| HeaderValue::from_static("Bearer error=\"invalid_token\""))
 }
 
 /// `Retry-After` takes whole seconds: round up, and never say 0 (which invites an immediate retry).

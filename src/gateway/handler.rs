@@ -163,6 +163,8 @@ async fn server_streaming(
     // The deadline counts from the request's arrival, not from the moment the stream starts.
     let expires_at = timeout.map(|d| started + d);
     let options = call_options(route, &parts, timeout, started)?;
+    // Taken before the upstream call: a stream beyond the cap never reaches the upstream.
+    let slot = state.streams.take()?;
     let (response, lease) =
         state.clusters.get(route.cluster).upstream.server_streaming(&route.grpc, &options, encode(&message)).await?;
     let upstream = response.into_inner();
@@ -175,13 +177,13 @@ async fn server_streaming(
         .any(|accept| accept.contains("text/event-stream"));
     let upstream = stream::with_deadline(state.until_shutdown(upstream), expires_at);
     if route.raw_response_body {
-        return stream::download_response(route, upstream, lease).await;
+        return stream::download_response(route, upstream, lease).await.map(|r| slot.hold_until_body_ends(r));
     }
-    Ok(if wants_sse {
+    Ok(slot.hold_until_body_ends(if wants_sse {
         stream::sse_response(route, upstream, lease, state.config.sse_keep_alive)
     } else {
         stream::ndjson_response(upstream, lease)
-    })
+    }))
 }
 
 /// A reconnecting EventSource sends `Last-Event-ID`; it becomes the route's resume field, so the stream goes

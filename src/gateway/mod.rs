@@ -2,21 +2,25 @@
 //! nothing here knows any particular service.
 //!
 //! ```text
-//! client ─▶ layers (request id, log line, CORS, compression, panic → 500) ─▶ route table (fallback service)
+//! client ─▶ accept loop (TLS) ─▶ layers (request id, log line, CORS, compression, panic → 500, load shedding,
+//!        JWT → 401, rate limit → 429) ─▶ route table (fallback service)
 //!        ─▶ transcode in ─▶ upstream (deadline, bulkhead, retries, p2c, breakers) ─▶ transcode out / SSE / NDJSON
 //! ```
 //!
 //! The route table lives in the catalog (`catalog/`), which reloads and swaps it whole; the clusters
-//! (`clusters.rs`) are the upstreams the routes call. The accept loop is `server.rs`, the operational
-//! endpoints `ops.rs`. The admin view (`admin.rs`) is a separate router, served on its own listener, never on
+//! (`clusters.rs`) are the upstreams the routes call. The accept loop is `server.rs` (with `tls.rs` for
+//! HTTPS), the operational endpoints `ops.rs`; `auth.rs` checks tokens and `limits/` holds the rate limit,
+//! load shedding and the stream cap. The admin view (`admin.rs`) is a separate router, served on its own listener, never on
 //! the public one.
 
 pub mod admin;
+pub mod auth;
 pub mod catalog;
 pub mod clusters;
 pub mod error;
 pub mod handler;
 mod json_check;
+pub mod limits;
 pub mod metadata;
 pub mod openapi;
 mod ops;
@@ -25,9 +29,10 @@ pub mod rules;
 pub mod server;
 pub mod stream;
 pub mod template;
+pub mod tls;
 pub mod transcode;
 
-pub use server::serve;
+pub use server::{serve, serve_tls};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,6 +92,12 @@ pub struct GatewayConfig {
     pub sse_keep_alive: Duration,
     /// How long in-flight requests may finish after shutdown starts.
     pub drain_timeout: Duration,
+    /// JWT authentication of API requests; off when unset.
+    pub auth: Option<crate::auth::AuthConfig>,
+    /// Rate limit, load shedding and the stream cap; all off by default.
+    pub limits: limits::LimitsConfig,
+    /// HTTPS at the edge; plain HTTP when unset.
+    pub tls: Option<tls::EdgeTlsConfig>,
 }
 
 impl Default for GatewayConfig {
@@ -107,6 +118,9 @@ impl Default for GatewayConfig {
             cors_allowed_origins: Vec::new(),
             sse_keep_alive: Duration::from_secs(15),
             drain_timeout: Duration::from_secs(30),
+            auth: None,
+            limits: limits::LimitsConfig::default(),
+            tls: None,
         }
     }
 }
@@ -120,6 +134,10 @@ pub enum GatewayStartError {
     Upstream(#[from] UpstreamError),
     #[error("invalid CORS origin {0:?}")]
     Cors(String),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthSetupError),
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// What every request handler shares.
@@ -128,6 +146,8 @@ pub struct GatewayState {
     pub catalog: Arc<LiveCatalog>,
     pub clusters: Clusters,
     pub config: GatewayConfig,
+    /// Slots for open server streams (`--max-streams`).
+    pub streams: limits::StreamSlots,
     shutdown: CancellationToken,
 }
 
@@ -160,6 +180,8 @@ pub struct Gateway {
     /// The admin view, to serve on a listener of its own.
     pub admin: Router,
     pub catalog: Arc<LiveCatalog>,
+    /// The edge's TLS (certificates reloaded as their files change), for [`serve_tls`]; None for plain HTTP.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Starts the upstream clusters (discovery and health checks, which stop with `shutdown`), loads the
@@ -175,6 +197,14 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Gateway, GatewayStartError> {
     let cors = cors_layer(&config.cors_allowed_origins)?;
+    let tls = config.tls.as_ref().map(|tls| tls::acceptor(tls, &shutdown)).transpose()?;
+    let authenticate = match &config.auth {
+        Some(auth) => Some(auth::AuthenticateLayer::new(crate::auth::Verifier::start(auth).await?)),
+        None => {
+            tracing::info!("JWT authentication is off: API requests need no token (see --jwt-jwks)");
+            None
+        }
+    };
     let clusters = Clusters::start(&config.upstreams, &config.service_upstreams, &config.upstream, &shutdown)?;
     let loader = Loader {
         sources: config.descriptors.clone(),
@@ -187,7 +217,10 @@ pub async fn start(
     let catalog = Arc::new(LiveCatalog::start(loader).await?);
     catalog::reload::spawn(&catalog, &shutdown);
     let admin = admin::router(Arc::clone(&catalog));
-    let state = Arc::new(GatewayState { catalog: Arc::clone(&catalog), clusters, config, shutdown });
+    let shed = config.limits.max_concurrent_requests.map(limits::LoadShedLayer::new);
+    let rate_limit = config.limits.rate_limit.clone().map(limits::RateLimitLayer::new);
+    let streams = limits::StreamSlots::new(config.limits.max_streams);
+    let state = Arc::new(GatewayState { catalog: Arc::clone(&catalog), clusters, config, streams, shutdown });
 
     // Streams must not be compressed: the encoder would hold events back until its buffer fills.
     let compress = DefaultPredicate::new().and(NotForContentType::const_new(stream::NDJSON));
@@ -215,7 +248,13 @@ pub async fn start(
         .layer(CompressionLayer::new().compress_when(compress))
         .layer(CatchPanicLayer::custom(|_| {
             GatewayError::Upstream(tonic::Status::internal("internal error in the gateway")).into_response()
-        }));
+        }))
+        // Inside CORS, so preflights are answered and refusals carry CORS headers. Shedding comes first: it
+        // bounds the work of everything after it, token checks included. The rate limit follows
+        // authentication, so it can key on the verified subject.
+        .option_layer(shed)
+        .option_layer(authenticate)
+        .option_layer(rate_limit);
 
     let public = Router::new()
         .route("/healthz", get(ops::healthz).fallback(ops::operational_method_not_allowed))
@@ -226,7 +265,7 @@ pub async fn start(
         .fallback(handler::handle)
         .with_state(state)
         .layer(layers);
-    Ok(Gateway { public, admin, catalog })
+    Ok(Gateway { public, admin, catalog, tls })
 }
 
 fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, GatewayStartError> {

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 
 use crate::gateway::GatewayState;
+use crate::gateway::clusters::Clusters;
 use crate::gateway::error::GatewayError;
 
 /// Operational endpoints answer other methods like API routes do: 405 with `Allow` and a Status body.
@@ -21,12 +22,21 @@ pub(crate) async fn healthz() -> Response {
 }
 
 /// Ready when every cluster has an endpoint confirmed SERVING by its health check and not ejected by its
-/// breaker. The body lists each cluster's endpoints as the health checks and breakers see them.
+/// breaker. The public answer says only that: where the endpoints are and how their breakers stand is for the
+/// admin listener (`/admin/readyz`).
 pub(crate) async fn readyz(State(state): State<Arc<GatewayState>>) -> Response {
+    let (ready, _) = readiness(&state.clusters);
+    let (code, status) = if ready { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") };
+    json_response(code, serde_json::json!({ "status": status }))
+}
+
+/// Whether the gateway is ready, and the details: each cluster's endpoints as the health checks and breakers
+/// see them (`upstreams` repeats the default cluster's).
+pub(crate) fn readiness(clusters: &Clusters) -> (bool, serde_json::Value) {
     let mut ready = true;
-    let mut clusters = Vec::new();
+    let mut details = Vec::new();
     let mut upstreams = Vec::new();
-    for cluster in state.clusters.iter() {
+    for cluster in clusters.iter() {
         let snapshot = cluster.upstream.snapshot();
         ready &= snapshot.ready;
         let endpoints: Vec<serde_json::Value> = snapshot
@@ -37,10 +47,10 @@ pub(crate) async fn readyz(State(state): State<Arc<GatewayState>>) -> Response {
         if cluster.name == crate::gateway::clusters::DEFAULT_CLUSTER {
             upstreams.clone_from(&endpoints);
         }
-        clusters.push(serde_json::json!({ "name": cluster.name, "ready": snapshot.ready, "endpoints": endpoints }));
+        details.push(serde_json::json!({ "name": cluster.name, "ready": snapshot.ready, "endpoints": endpoints }));
     }
-    let (code, status) = if ready { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") };
-    json_response(code, serde_json::json!({ "status": status, "upstreams": upstreams, "clusters": clusters }))
+    let status = if ready { "ready" } else { "not ready" };
+    (ready, serde_json::json!({ "status": status, "upstreams": upstreams, "clusters": details }))
 }
 
 /// The OpenAPI document of the catalog serving now.

@@ -20,6 +20,7 @@ pub mod health;
 pub mod limit;
 pub mod pool;
 pub mod retry;
+pub mod tls;
 
 pub use call::{CallError, CallOptions, GrpcMethod};
 pub use cluster::{Upstream, UpstreamSnapshot};

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use crate::upstream::tls::UpstreamTls;
+
 /// Connection settings for every upstream connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolConfig {
@@ -17,6 +19,8 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     /// HTTP/2 keep-alive pings, so dead connections are noticed between requests.
     pub keep_alive_interval: Duration,
+    /// TLS settings for `https://` endpoints.
+    pub tls: UpstreamTls,
 }
 
 impl Default for PoolConfig {
@@ -25,6 +29,7 @@ impl Default for PoolConfig {
             connections_per_endpoint: 4,
             connect_timeout: Duration::from_secs(5),
             keep_alive_interval: Duration::from_secs(30),
+            tls: UpstreamTls::default(),
         }
     }
 }
@@ -60,11 +65,12 @@ pub fn parse_url(url: &str) -> Result<Uri, InvalidUrl> {
 
 /// The tonic endpoint settings shared by request connections and health checks.
 pub fn endpoint(address: &Uri, config: &PoolConfig) -> Endpoint {
-    Endpoint::from(address.clone())
+    let endpoint = Endpoint::from(address.clone())
         .connect_timeout(config.connect_timeout)
         .http2_keep_alive_interval(config.keep_alive_interval)
         .keep_alive_while_idle(true)
-        .tcp_nodelay(true)
+        .tcp_nodelay(true);
+    config.tls.apply(address, endpoint)
 }
 
 struct Connection {

@@ -1,6 +1,7 @@
 //! The UserService: the backing gRPC service, with durable storage, validation, pagination, filters and a live
 //! change feed. [`serve`] runs it with grpc.health.v1 and server reflection on one listener.
 
+mod auth;
 mod error;
 mod events;
 pub mod filter;
@@ -10,6 +11,7 @@ pub mod password;
 pub mod relay;
 mod service;
 pub mod store;
+mod tls;
 pub mod validate;
 
 use std::sync::Arc;
@@ -25,10 +27,12 @@ use tonic_health::server::HealthReporter;
 pub use events::FeedConfig;
 pub use layers::{CallLog, CallLogLayer, LoggedBody, code_name};
 pub use service::{DEFAULT_PAGE_SIZE, MAX_BATCH_ITEMS, MAX_PAGE_SIZE, UserServiceImpl};
+pub use tls::ServiceTls;
 
+use crate::auth::policy::Policy;
 use crate::config::UserServiceConfig;
-use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::user::user_service_server::UserServiceServer;
+use crate::proto::{DESCRIPTOR_POOL, FILE_DESCRIPTOR_SET};
 use password::PasswordHasher;
 use store::{Store, StoreError, StoreOptions};
 
@@ -47,6 +51,10 @@ pub enum ServeError {
     Hash(#[from] password::HashError),
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthSetupError),
+    #[error(transparent)]
+    Policy(#[from] crate::auth::policy::RuleError),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -102,6 +110,18 @@ pub async fn serve(
         tokio::spawn(relay::run(Arc::clone(&store), relay, stop.clone()));
     }
     let service = UserServiceImpl::new(Arc::clone(&store), hasher, feed);
+    let (service, authenticate) = match &config.auth {
+        Some(auth) => {
+            let verifier = crate::auth::Verifier::start(auth).await?;
+            let policy = Arc::new(Policy::from_pool(&DESCRIPTOR_POOL)?);
+            let layer = auth::AuthenticateLayer::new(verifier, config.auth_reflection);
+            (auth::Authorized::new(service, Some(policy)), Some(layer))
+        }
+        None => {
+            tracing::info!("JWT authentication is off: every call is allowed (see --jwt-jwks)");
+            (auth::Authorized::new(service, None), None)
+        }
+    };
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     // Known before the first call arrives: health clients never see "service not registered".
@@ -116,8 +136,14 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let server = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls.server_config())?;
+    }
+    let server = builder
         .layer(CallLogLayer)
+        // Inside the call log, so refused calls are logged too.
+        .layer(tower::util::option_layer(authenticate))
         .add_service(
             UserServiceServer::new(service)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)

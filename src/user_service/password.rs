@@ -51,10 +51,15 @@ impl PasswordHasher {
     }
 
     /// The PHC string of `password` with a fresh random salt.
+    ///
+    /// The permit moves into the blocking task and is released when the hash ends, not when this future is
+    /// dropped: a client that cancels its call cannot start another hash while the first still runs, so at
+    /// most `available_parallelism` hashes (and their memory) exist at once, whatever clients do.
     pub async fn hash(&self, password: String) -> Result<String, HashError> {
-        let _permit = self.permits.acquire().await.map_err(|_| HashError::Cancelled)?;
+        let permit = Arc::clone(&self.permits).acquire_owned().await.map_err(|_| HashError::Cancelled)?;
         let params = self.params.clone();
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
                 .hash_password(password.as_bytes())
                 .map(|hash| hash.to_string())
@@ -82,6 +87,35 @@ mod tests {
         let verifier = Argon2::default();
         assert!(verifier.verify_password(b"correct horse", &parsed).is_ok());
         assert!(verifier.verify_password(b"wrong horse", &parsed).is_err());
+        Ok(())
+    }
+
+    /// A cancelled call's hash keeps its permit until the hash is done: the next hash waits for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_hash_keeps_its_permit_until_it_ends() -> Result<(), Box<dyn std::error::Error>> {
+        // Costly enough to still run when the caller is cancelled.
+        let hasher = PasswordHasher::new(HashCost { memory_kib: 16 * 1024, iterations: 2 })?;
+        let total = hasher.permits.available_permits();
+        let cancelled: Vec<_> = (0..total)
+            .map(|_| {
+                let hasher = hasher.clone();
+                tokio::spawn(async move { hasher.hash("correct horse".into()).await })
+            })
+            .collect();
+        while hasher.permits.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        for call in &cancelled {
+            call.abort();
+        }
+        for call in cancelled {
+            assert!(call.await.is_err_and(|e| e.is_cancelled()), "the call was cancelled mid-hash");
+        }
+        // The callers are gone, but their hashes still hold every permit.
+        assert_eq!(hasher.permits.available_permits(), 0, "permits must outlive cancelled callers");
+        // They come back once the hashes end, and hashing goes on.
+        let _ = hasher.hash("after".into()).await?;
+        assert_eq!(hasher.permits.available_permits(), total);
         Ok(())
     }
 

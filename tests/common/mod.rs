@@ -190,7 +190,9 @@ pub fn violations(status: &tonic::Status) -> Vec<(String, String)> {
 
 pub mod dnsmasq;
 pub mod echo;
+pub mod jwt;
 pub mod nats;
+pub mod pki;
 pub mod postgres;
 pub mod process;
 pub mod python;

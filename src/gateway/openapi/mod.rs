@@ -57,6 +57,7 @@ mod comments;
 #[cfg(test)]
 mod fixtures;
 mod schema;
+mod security;
 
 const JSON: &str = "application/json";
 const EVENT_STREAM: &str = "text/event-stream";
@@ -112,6 +113,9 @@ pub fn document(routes: &RouteTable) -> OpenApi {
         .map(|(tag, description)| TagBuilder::new().name(tag.clone()).description(description.clone()).build());
     let service_names: Vec<&String> = services.keys().collect();
     let mut components = ComponentsBuilder::new();
+    if ordered.iter().any(|route| security::access(route).is_some()) {
+        components = components.security_scheme(security::BEARER_SCHEME, security::bearer_scheme());
+    }
     for (name, schema) in schemas.finish() {
         components = components.schema(name, schema);
     }
@@ -266,6 +270,12 @@ fn operation(
     tag: String,
 ) -> Operation {
     let doc = comments(&route.rpc.parent_file(), route.rpc.path());
+    let access = security::access(route);
+    let doc = match (&access, doc) {
+        (Some(access), Some(doc)) => Some(format!("{doc}\n\n{}", access.description)),
+        (Some(access), None) => Some(access.description.clone()),
+        (None, doc) => doc,
+    };
     let deprecated = route.rpc.method_descriptor_proto().options.as_ref().and_then(|o| o.deprecated).unwrap_or(false);
     let mut operation = OperationBuilder::new()
         .operation_id(Some(operation_id))
@@ -286,6 +296,14 @@ fn operation(
     operation = operation.response("200", success_response(schemas, route));
     for (status, description) in ERROR_RESPONSES {
         operation = operation.response(*status, error_response(description));
+    }
+    if let Some(access) = access {
+        operation = operation
+            .response("401", error_response("No valid bearer token (see the WWW-Authenticate header)."))
+            .response("403", error_response("The token's roles do not grant this call."));
+        for requirement in access.requirements {
+            operation = operation.security(requirement);
+        }
     }
     schemas.want_status();
     operation.build()
