@@ -127,6 +127,7 @@ impl ChangeFeed {
         let subscription = self.sender.subscribe();
         let feed = Arc::clone(self);
         tokio::spawn(async move {
+            let _connected = WatcherGauge::connect();
             let mut watcher = Watcher { feed: &feed, filter, events: &events, last: since_revision };
             let outcome = tokio::select! {
                 outcome = watcher.run(subscription, since_revision) => outcome,
@@ -144,6 +145,22 @@ impl ChangeFeed {
             let _ = events.send(Err(status)).await;
         });
         ReceiverStream::new(receiver)
+    }
+}
+
+/// Counts a watcher in `portico_user_service_watchers` while it lives.
+struct WatcherGauge;
+
+impl WatcherGauge {
+    fn connect() -> Self {
+        crate::telemetry::metrics::user_service().watchers.inc();
+        Self
+    }
+}
+
+impl Drop for WatcherGauge {
+    fn drop(&mut self) {
+        crate::telemetry::metrics::user_service().watchers.dec();
     }
 }
 

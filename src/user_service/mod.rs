@@ -29,6 +29,7 @@ pub use service::{DEFAULT_PAGE_SIZE, MAX_BATCH_ITEMS, MAX_PAGE_SIZE, UserService
 use crate::config::UserServiceConfig;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::user::user_service_server::UserServiceServer;
+use crate::telemetry::store::ObservedStore;
 use password::PasswordHasher;
 use store::{Store, StoreError, StoreOptions};
 
@@ -70,6 +71,9 @@ pub async fn serve(
         retain_unpublished: config.nats_url.is_some(),
     };
     let store = store::open(&config.database_url, options).await?;
+    crate::telemetry::store::observe_pools(store.pool_gauges());
+    let system = if store::is_postgres_url(&config.database_url) { "postgresql" } else { "sqlite" };
+    let store: Arc<dyn Store> = Arc::new(ObservedStore::new(store, system));
     let hasher = PasswordHasher::new(config.password_hash_cost)?;
     // Health follows `shutdown`; everything else stops only after the grace period.
     let stop = CancellationToken::new();

@@ -52,7 +52,9 @@ impl PasswordHasher {
 
     /// The PHC string of `password` with a fresh random salt.
     pub async fn hash(&self, password: String) -> Result<String, HashError> {
+        let queued = std::time::Instant::now();
         let _permit = self.permits.acquire().await.map_err(|_| HashError::Cancelled)?;
+        crate::telemetry::metrics::user_service().hash_queue_wait.observe(queued.elapsed().as_secs_f64());
         let params = self.params.clone();
         tokio::task::spawn_blocking(move || {
             Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
