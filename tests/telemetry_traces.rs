@@ -241,3 +241,155 @@ async fn ratio_zero_sends_nothing() -> TestResult {
     );
     Ok(())
 }
+
+/// A port nothing listens on: connections to it are refused.
+async fn closed_port() -> Result<SocketAddr, Error> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    drop(listener);
+    Ok(addr)
+}
+
+async fn scrape(admin: SocketAddr) -> Result<String, Error> {
+    Ok(get(admin, "/metrics").await?.text())
+}
+
+fn sample(page: &str, series: &str) -> f64 {
+    page.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_retried_call_shows_one_client_span_per_attempt() -> TestResult {
+    let (collector, collector_addr) = Collector::start().await?;
+    let dir = tempfile::tempdir()?;
+    let db = format!("sqlite://{}", dir.path().join("r.db").display());
+    let endpoint = format!("http://{collector_addr}");
+    let mut args = vec!["user-service", "--listen", "127.0.0.1:0", "--db", &db, "--otlp-endpoint", &endpoint];
+    args.extend(FAST_FLAGS);
+    let user_service = Process::start(&args, "info")?;
+    let grpc = user_service.address("user service listening").await?;
+    // The dead endpoint is not health-checked, so only a call finds out, and retries on the live one.
+    let upstreams = format!("http://{},http://{grpc}", closed_port().await?);
+    let gateway = Process::start(
+        &[
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstreams,
+            "--upstream-health-checks",
+            "false",
+            "--breaker-failures",
+            "1000",
+            "--otlp-endpoint",
+            &endpoint,
+        ],
+        "info",
+    )?;
+    let admin = gateway.address("admin listening").await?;
+    let addr = gateway.address("gateway listening").await?;
+
+    // The balancer picks at random: some request's first attempt goes to the dead endpoint.
+    let mut retried = None;
+    for n in 0..40u32 {
+        let trace = format!("{:032x}", 0xabc0_0000_u64 + u64::from(n));
+        let traceparent = format!("00-{trace}-{CLIENT_SPAN}-01");
+        let reply = send(addr, http::Method::GET, "/v1/users/31337", &[("traceparent", &traceparent)], "").await?;
+        assert_eq!(reply.status, 404, "every request is answered: {}", reply.text());
+        let spans = collector
+            .wait_for_trace(&unhex(&trace), |spans| {
+                spans.iter().any(|s| s.service == "portico-gateway" && s.span.kind == SpanKind::Server as i32)
+            })
+            .await?;
+        let clients =
+            spans.iter().filter(|s| s.service == "portico-gateway" && s.span.kind == SpanKind::Client as i32).count();
+        if clients == 2 {
+            retried = Some(spans);
+            break;
+        }
+    }
+    let spans = retried.ok_or("no request was retried")?;
+    let gateway_span =
+        |kind: SpanKind| move |s: &&Received| s.service == "portico-gateway" && s.span.kind == kind as i32;
+    let server = spans.iter().find(gateway_span(SpanKind::Server)).ok_or("server span")?;
+    let mut attempts: Vec<&Received> = spans.iter().filter(gateway_span(SpanKind::Client)).collect();
+    attempts.sort_by_key(|s| s.span.start_time_unix_nano);
+    assert!(attempts.iter().all(|a| a.span.parent_span_id == server.span.span_id), "{spans:#?}");
+    assert_eq!(attempts[0].attribute("rpc.grpc.status_code").as_deref(), Some("14"), "UNAVAILABLE");
+    assert_eq!(attempts[0].attribute("portico.attempt").as_deref(), Some("1"));
+    assert_eq!(attempts[1].attribute("rpc.grpc.status_code").as_deref(), Some("5"), "NOT_FOUND");
+    assert_eq!(attempts[1].attribute("portico.attempt").as_deref(), Some("2"));
+    assert_ne!(attempts[0].attribute("server.port"), attempts[1].attribute("server.port"), "another endpoint");
+    collector
+        .wait_for_trace(&server.span.trace_id, |spans| {
+            spans
+                .iter()
+                .any(|s| s.service == "portico-user-service" && s.span.parent_span_id == attempts[1].span.span_id)
+        })
+        .await?;
+    let page = scrape(admin).await?;
+    assert!(
+        sample(&page, r#"portico_upstream_retries_total{cluster="default",rpc="user.UserService/GetUser"}"#) >= 1.0,
+        "{page}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_collector_that_never_answers_costs_a_bounded_queue_and_a_drop_count() -> TestResult {
+    // Accepts connections and never answers: each export waits for its timeout while spans pile up.
+    let blackhole = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let collector = blackhole.local_addr()?;
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = blackhole.accept().await {
+            held.push(socket);
+        }
+    });
+    let dir = tempfile::tempdir()?;
+    let db = format!("sqlite://{}", dir.path().join("d.db").display());
+    let mut args = vec!["user-service", "--listen", "127.0.0.1:0", "--db", &db];
+    args.extend(FAST_FLAGS);
+    let user_service = Process::start(&args, "info")?;
+    let grpc = user_service.address("user service listening").await?;
+    let upstream = format!("http://{grpc}");
+    let endpoint = format!("http://{collector}");
+    let gateway = Process::start(
+        &[
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream,
+            "--otlp-endpoint",
+            &endpoint,
+        ],
+        "info",
+    )?;
+    let admin = gateway.address("admin listening").await?;
+    let addr = gateway.address("gateway listening").await?;
+    // Two spans per request (server and client): more than the queue holds, plus one batch in export.
+    let requests = portico::telemetry::traces::MAX_QUEUED_SPANS;
+    let mut sent = 0;
+    while sent < requests {
+        let batch: Vec<_> = (0..16).map(|_| get(addr, "/v1/users/5")).collect();
+        for reply in futures::future::join_all(batch).await {
+            assert_eq!(reply?.status, 404, "the gateway keeps serving");
+        }
+        sent += 16;
+    }
+    let page = scrape(admin).await?;
+    let dropped = sample(&page, r#"portico_trace_spans_dropped_total{reason="queue_full"}"#);
+    assert!(dropped > 0.0, "{page}");
+    // Everything beyond the queue and the batch being exported was dropped, not kept.
+    let kept = (2 * requests) as f64 - dropped;
+    let bound = (portico::telemetry::traces::MAX_QUEUED_SPANS + 512) as f64;
+    assert!(kept <= bound, "{kept} spans kept, more than the bound {bound}");
+    assert_eq!(sample(&page, "portico_trace_spans_exported_total"), 0.0);
+    drop(user_service);
+    Ok(())
+}

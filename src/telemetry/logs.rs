@@ -25,7 +25,7 @@ where
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => fmt.boxed(),
-        // The current span (with the trace id) goes with each event, flattened next to its fields.
-        LogFormat::Json => fmt.json().flatten_event(true).with_current_span(true).with_span_list(false).boxed(),
+        // The current span and its parents go with each event, so every line of a request has its trace id.
+        LogFormat::Json => fmt.json().flatten_event(true).with_current_span(true).with_span_list(true).boxed(),
     }
 }

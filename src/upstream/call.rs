@@ -235,7 +235,10 @@ where
                 tracing::debug!(%endpoint, attempts, ?delay, code = ?status.code(), "retrying on another endpoint");
                 crate::telemetry::metrics::upstream()
                     .retries
-                    .get_or_create(&ClusterRpcLabels { cluster: upstream.cluster().to_owned(), rpc: rpc.to_owned() })
+                    .get_or_create(&ClusterRpcLabels {
+                        cluster: upstream.cluster().to_owned(),
+                        rpc: rpc.trim_start_matches('/').to_owned(),
+                    })
                     .inc();
                 tried.push(endpoint);
                 tokio::time::sleep(delay).await;
