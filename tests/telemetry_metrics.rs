@@ -172,9 +172,13 @@ async fn counts_move_by_exactly_the_requests_sent_with_route_templates_as_labels
             (r#"portico_store_statement_duration_seconds_count{operation="get_user",outcome="ok"}"#, 3.0),
             ("portico_user_service_password_hash_queue_wait_seconds_count", 3.0),
             ("portico_user_service_watchers", 0.0),
+            ("portico_user_service_change_log_revision", 3.0),
+            ("portico_user_service_change_log_entries", 3.0),
+            ("portico_user_service_watch_fanout_backlog", 0.0),
         ],
     )
     .await?;
+    assert!(user_service_page.contains("\nportico_user_service_watch_fanout_backlog 0\n"));
     assert!(user_service_page.contains(r#"portico_db_pool_connections{pool="writer",state="idle"}"#));
     assert!(!user_service_page.contains("portico_http_server"), "the UserService has no HTTP families");
     promtool_check_metrics(&user_service_page)?;

@@ -35,6 +35,40 @@ pub fn register_collector(collector: Box<dyn Collector>) {
     with_registry(|registry| registry.register_collector(collector));
 }
 
+/// A gauge read on each scrape: `None` leaves it off the page (its owner is gone).
+type ReadGauge = Box<dyn Fn() -> Option<i64> + Send + Sync>;
+
+/// The gauges of [`gauge_fn`], by name: registering a name again replaces its reader, so a process that
+/// restarts a component (or a test that starts several) reports the latest one once.
+static GAUGE_FNS: Mutex<Vec<(&'static str, &'static str, ReadGauge)>> = Mutex::new(Vec::new());
+
+/// Reports `name` (without the `portico_` prefix) as a gauge whose value `read` gives on each scrape.
+pub fn gauge_fn(name: &'static str, help: &'static str, read: impl Fn() -> Option<i64> + Send + Sync + 'static) {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    REGISTER.call_once(|| register_collector(Box::new(GaugeFns)));
+    let mut gauges = GAUGE_FNS.lock().unwrap_or_else(PoisonError::into_inner);
+    gauges.retain(|(existing, _, _)| *existing != name);
+    gauges.push((name, help, Box::new(read)));
+}
+
+#[derive(Debug)]
+struct GaugeFns;
+
+impl Collector for GaugeFns {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let gauges = GAUGE_FNS.lock().unwrap_or_else(PoisonError::into_inner);
+        for (name, help, read) in gauges.iter() {
+            if let Some(value) = read() {
+                let gauge = ConstGauge::new(value);
+                gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Every registered family in the Prometheus text format (0.0.4).
 ///
 /// # Errors

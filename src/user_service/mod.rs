@@ -89,6 +89,7 @@ pub async fn serve(
         }
     });
     let feed = events::ChangeFeed::start(Arc::clone(&store), config.feed, stop.clone()).await?;
+    observe_change_log(&feed, config.change_log_window, config.nats_url.is_none());
     if let Some(nats_url) = &config.nats_url {
         let relay = relay::RelayConfig {
             nats: relay::NatsTarget {
@@ -143,6 +144,24 @@ pub async fn serve(
             Ok(())
         }
     }
+}
+
+/// The change log's head and size as gauges. Without a relay every write prunes the log to the last `window`
+/// revisions, and revisions have no gaps, so its size follows from the head; with a relay the log also keeps
+/// what is not published yet, and the relay reports that backlog instead.
+fn observe_change_log(feed: &Arc<events::ChangeFeed>, window: u32, pruned_to_window: bool) {
+    use crate::telemetry::metrics::gauge_fn;
+    let head = Arc::downgrade(feed);
+    gauge_fn("user_service_change_log_revision", "The latest committed revision", move || {
+        head.upgrade().map(|feed| feed.head_revision())
+    });
+    if !pruned_to_window {
+        return;
+    }
+    let size = Arc::downgrade(feed);
+    gauge_fn("user_service_change_log_entries", "Changes kept in the change log for resumes", move || {
+        size.upgrade().map(|feed| feed.head_revision().min(i64::from(window)))
+    });
 }
 
 /// Keeps grpc.health.v1 in step with the database: SERVING while it answers, NOT_SERVING otherwise and from
