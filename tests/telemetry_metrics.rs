@@ -206,3 +206,47 @@ async fn an_open_stream_and_its_watcher_are_counted_until_they_end() -> TestResu
     expect_samples(pair.user_service_admin, &[("portico_user_service_watchers", 0.0)]).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_outbox_relay_counts_what_it_published() -> TestResult {
+    let nats = common::nats::NatsServer::start().await;
+    let dir = tempfile::tempdir()?;
+    let db = format!("sqlite://{}", dir.path().join("o.db").display());
+    let mut args = vec![
+        "user-service",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--db",
+        &db,
+        "--nats-url",
+        &nats.url,
+    ];
+    args.extend(FAST_FLAGS);
+    let user_service = Process::start(&args, "info")?;
+    let admin = user_service.address("admin listening").await?;
+    let grpc = user_service.address("user service listening").await?;
+    let mut client = loop {
+        if let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))?.connect().await {
+            break portico::proto::user::user_service_client::UserServiceClient::new(channel);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for n in 0..2 {
+        client.create_user(common::create_request(&format!("o{n}"), &format!("o{n}@example.com"))).await?;
+    }
+    let page = expect_samples(
+        admin,
+        &[
+            ("portico_user_service_events_published_total", 2.0),
+            ("portico_user_service_events_publish_failed_total", 0.0),
+            ("portico_user_service_outbox_published_revision", 2.0),
+            ("portico_user_service_change_log_revision", 2.0),
+        ],
+    )
+    .await?;
+    assert!(!page.contains("portico_user_service_change_log_entries"), "with a relay the size is not derived");
+    promtool_check_metrics(&page)?;
+    Ok(())
+}

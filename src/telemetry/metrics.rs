@@ -287,6 +287,44 @@ pub fn user_service() -> &'static UserServiceMetrics {
     &USER_SERVICE
 }
 
+/// The outbox relay (only in the process that holds its lease).
+pub struct RelayMetrics {
+    pub published: Counter,
+    pub failed: Counter,
+    /// The published mark: the outbox backlog is the change log's head minus this.
+    pub published_revision: Gauge,
+}
+
+/// The relay's metrics, registered when a relay starts publishing.
+pub fn relay() -> &'static RelayMetrics {
+    static RELAY: LazyLock<RelayMetrics> = LazyLock::new(|| {
+        let metrics = RelayMetrics {
+            published: Counter::default(),
+            failed: Counter::default(),
+            published_revision: Gauge::default(),
+        };
+        with_registry(|r| {
+            r.register(
+                "user_service_events_published",
+                "Changes published to NATS JetStream and acknowledged",
+                metrics.published.clone(),
+            );
+            r.register(
+                "user_service_events_publish_failed",
+                "Publishes that got no acknowledgement",
+                metrics.failed.clone(),
+            );
+            r.register(
+                "user_service_outbox_published_revision",
+                "The last revision the relay published (backlog: change_log_revision minus this)",
+                metrics.published_revision.clone(),
+            );
+        });
+        metrics
+    });
+    &RELAY
+}
+
 /// The store, whatever its backend.
 pub struct StoreMetrics {
     pub statement_duration: HistogramFamily<StatementLabels>,
