@@ -149,7 +149,7 @@ pub fn gateway() -> &'static GatewayMetrics {
         with_registry(|r| {
             r.register_with_unit(
                 "http_server_request_duration",
-                "Time from a request's arrival to its response headers (server streams: to the end of the stream)",
+                "Time from a request's arrival to the end of its response body (a server stream: its whole life)",
                 Unit::Seconds,
                 metrics.request_duration.clone(),
             );

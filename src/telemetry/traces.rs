@@ -190,7 +190,8 @@ struct CountingExporter<E> {
 impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let spans = batch.len();
-        self.queued.fetch_sub(spans.min(self.queued.load(Ordering::Acquire)), Ordering::AcqRel);
+        // The batch left the queue: room for as many new spans.
+        let _ = self.queued.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(spans)));
         let result = self.inner.export(batch).await;
         let counters = metrics::trace_export();
         match &result {
