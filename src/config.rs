@@ -17,7 +17,7 @@ use crate::gateway::limits::{Cidr, LimitsConfig, Rate, RateLimitConfig, RateLimi
 use crate::gateway::rules::RouteOptions;
 use crate::gateway::tls::EdgeTlsConfig;
 use crate::gateway::transcode::{TranscodeOptions, UnknownQueryParams};
-use crate::telemetry::LogFormat;
+use crate::telemetry::{LogFormat, TraceConfig};
 use crate::upstream::breaker::BreakerConfig;
 use crate::upstream::discovery::DiscoveryConfig;
 use crate::upstream::health::HealthConfig;
@@ -42,6 +42,33 @@ pub struct Cli {
     /// Log line format.
     #[arg(long, global = true, env = "PORTICO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Export traces over OTLP/gRPC to this collector (e.g. http://127.0.0.1:4317); no tracing when unset.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// The share of new traces exported, 0 to 1; requests carrying a traceparent follow their caller's choice.
+    #[arg(long, global = true, env = "PORTICO_TRACE_SAMPLE_RATIO", default_value_t = 1.0)]
+    pub trace_sample_ratio: f64,
+}
+
+impl Cli {
+    /// The trace settings for `command`, when an OTLP endpoint is set and the command serves anything.
+    /// `OTEL_SERVICE_NAME` overrides the program's service name.
+    pub fn trace_config(&self, command: &Command) -> Option<TraceConfig> {
+        let program = match command {
+            Command::Serve(_) => "portico",
+            Command::Gateway(_) => "portico-gateway",
+            Command::UserService(_) => "portico-user-service",
+            Command::Openapi | Command::Healthcheck(_) | Command::Events(_) => return None,
+        };
+        let endpoint = self.otlp_endpoint.as_deref().map(str::trim).filter(|e| !e.is_empty())?;
+        let service_name =
+            std::env::var("OTEL_SERVICE_NAME").ok().filter(|name| !name.is_empty()).unwrap_or_else(|| program.into());
+        let mut config = TraceConfig::new(endpoint, service_name);
+        config.sample_ratio = self.trace_sample_ratio;
+        Some(config)
+    }
 }
 
 /// What to run.
@@ -809,6 +836,10 @@ pub struct UserServiceArgs {
     /// Address for gRPC (host:port; port 0 picks a free port).
     #[arg(long, env = "PORTICO_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+
+    /// Serve Prometheus metrics (GET /metrics) on this address; off when unset. Keep it private.
+    #[arg(long, env = "PORTICO_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
 
     #[command(flatten)]
     pub options: UserServiceOptions,

@@ -17,17 +17,25 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    telemetry::init(cli.log_format);
-    let command = cli.command.unwrap_or_else(|| Command::Serve(ServeArgs::default_from_env()));
-    match run(command).await {
+    let mut cli = Cli::parse();
+    let command = cli.command.take().unwrap_or_else(|| Command::Serve(ServeArgs::default_from_env()));
+    let telemetry = match telemetry::init(cli.log_format, cli.trace_config(&command).as_ref()) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("portico: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match run(command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error}");
             eprintln!("portico: {error}");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown().await;
+    code
 }
 
 async fn run(command: Command) -> Result<(), BoxError> {
@@ -54,6 +62,7 @@ async fn run_user_service(args: UserServiceArgs, shutdown: CancellationToken) ->
     config.auth_reflection = args.auth.jwt_protect_reflection;
     config.tls = args.tls.config()?;
     let listener = bind(args.listen).await?;
+    serve_admin(args.admin_listen, telemetry::metrics::router(), &shutdown).await?;
     tracing::info!(addr = %listener.local_addr()?, db = %user_service::store::redact_password(&config.database_url), "user service listening");
     user_service::serve(&config, listener, shutdown).await?;
     tracing::info!("user service stopped");

@@ -1,7 +1,7 @@
 //! The admin view: every upstream cluster's targets, endpoints (health, breaker, calls in flight, recent
 //! errors), bulkhead and retry budget at `GET /admin/upstreams`; the descriptor sources, the services with
 //! their route counts and the last reload at `GET /admin/descriptors`; readiness with its reasons (each
-//! cluster's endpoints, health and breaker states) at `GET /admin/readyz`.
+//! cluster's endpoints, health and breaker states) at `GET /admin/readyz`; Prometheus metrics at `GET /metrics`.
 //!
 //! It says where the replicas are and what is wrong with them, which is nobody's business on the public
 //! listener: the binary serves it only on `--admin-listen`, an address of its own (loopback by convention).
@@ -24,6 +24,7 @@ pub fn router(catalog: Arc<LiveCatalog>) -> Router {
         .route("/admin/upstreams", get(upstreams).fallback(operational_method_not_allowed))
         .route("/admin/descriptors", get(descriptors).fallback(operational_method_not_allowed))
         .route("/admin/readyz", get(readiness).fallback(operational_method_not_allowed))
+        .route("/metrics", get(crate::telemetry::metrics::serve).fallback(operational_method_not_allowed))
         .fallback(not_found)
         .with_state(catalog)
 }

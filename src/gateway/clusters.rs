@@ -72,13 +72,13 @@ impl Clusters {
     ) -> Result<Self, UpstreamError> {
         let mut list = vec![Cluster {
             name: DEFAULT_CLUSTER.into(),
-            upstream: Upstream::start(default_targets, config.clone(), cancel.clone())?,
+            upstream: Upstream::start_named(DEFAULT_CLUSTER, default_targets, config.clone(), cancel.clone())?,
         }];
         for entry in service_upstreams {
             if list.iter().any(|cluster| cluster.name == entry.service) {
                 return Err(UpstreamError::Setting(format!("service {} is given two upstreams", entry.service)));
             }
-            let upstream = Upstream::start(&entry.targets, config.clone(), cancel.clone())?;
+            let upstream = Upstream::start_named(&entry.service, &entry.targets, config.clone(), cancel.clone())?;
             list.push(Cluster { name: entry.service.clone(), upstream });
         }
         Ok(Self { list: list.into() })

@@ -50,13 +50,12 @@ use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 
+use crate::telemetry::http::{HttpTelemetryLayer, RouteHint};
 use crate::upstream::{UpstreamConfig, UpstreamError};
 use catalog::{DescriptorSources, LiveCatalog, LoadError, Loader};
 use clusters::{Clusters, ServiceUpstream};
 use error::GatewayError;
-use handler::RoutedRpc;
 use rules::RouteOptions;
 use transcode::TranscodeOptions;
 
@@ -215,6 +214,7 @@ pub async fn start(
         clusters: clusters.clone(),
     };
     let catalog = Arc::new(LiveCatalog::start(loader).await?);
+    crate::telemetry::upstream::observe(&clusters);
     catalog::reload::spawn(&catalog, &shutdown);
     let admin = admin::router(Arc::clone(&catalog));
     let shed = config.limits.max_concurrent_requests.map(limits::LoadShedLayer::new);
@@ -225,25 +225,13 @@ pub async fn start(
     // Streams must not be compressed: the encoder would hold events back until its buffer fills.
     let compress = DefaultPredicate::new().and(NotForContentType::const_new(stream::NDJSON));
 
-    // Layers, outermost first: the request id exists before anything logs; the log line sees the final
-    // response (compressed, CORS headers, even a caught panic's 500); compression and CORS wrap the handler.
+    // Layers, outermost first: the request id exists before anything logs; the telemetry layer (span, log
+    // line, metrics) sees the final response (compressed, CORS headers, even a caught panic's 500);
+    // compression and CORS wrap the handler.
     let layers = ServiceBuilder::new()
         .layer(SetRequestIdLayer::x_request_id(request_id::MakeRandomRequestId))
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|request: &http::Request<_>| {
-                    tracing::info_span!("http", method = %request.method(), path = %request.uri().path())
-                })
-                .on_request(())
-                .on_response(|response: &http::Response<_>, latency: Duration, _: &tracing::Span| {
-                    let rpc = response.extensions().get::<RoutedRpc>().map_or("-", |routed| routed.0.rpc_name());
-                    tracing::info!(status = response.status().as_u16(), duration_ms = latency.as_secs_f64() * 1000.0, rpc, "request");
-                })
-                .on_body_chunk(())
-                .on_eos(())
-                .on_failure(()),
-        )
+        .layer(HttpTelemetryLayer::new(route_hint(&catalog)))
         .option_layer(cors)
         .layer(CompressionLayer::new().compress_when(compress))
         .layer(CatchPanicLayer::custom(|_| {
@@ -266,6 +254,15 @@ pub async fn start(
         .with_state(state)
         .layer(layers);
     Ok(Gateway { public, admin, catalog, tls })
+}
+
+/// The route template a request will match, for naming its span before the handler runs.
+fn route_hint(catalog: &Arc<LiveCatalog>) -> RouteHint {
+    let catalog = Arc::clone(catalog);
+    Arc::new(move |method, path| match catalog.current().routes.find(method, path) {
+        rules::RouteMatch::Found(route, _) => Some(route.template.as_str().to_owned()),
+        _ => None,
+    })
 }
 
 fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, GatewayStartError> {

@@ -26,11 +26,13 @@ use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, Uri};
 use tonic::{Code, Extensions, Status};
 
+use crate::telemetry::metrics::{AttemptLabels, ClusterLabels, ClusterRpcLabels};
 use crate::upstream::balancer::NoEndpoint;
 use crate::upstream::codec::DynamicCodec;
 use crate::upstream::endpoint::Lease;
 use crate::upstream::limit::Overloaded;
-use crate::upstream::retry::{Decision, FailedAttempt, Failure};
+use crate::upstream::retry::{Decision, FailedAttempt, Failure, GiveUpReason};
+use tracing::Instrument;
 
 /// The RPC a call invokes: its gRPC path and its response type. Built once per route, not per request.
 #[derive(Debug, Clone)]
@@ -162,6 +164,8 @@ pub(crate) trait Attempts {
     fn start_request(&self);
     fn decide(&self, failed: &FailedAttempt) -> Decision;
     fn backoff(&self, attempts: u32) -> Duration;
+    /// The cluster's name, for spans and metric labels.
+    fn cluster(&self) -> &str;
 }
 
 /// Runs `attempt` on endpoints until one succeeds or the policy gives up. `replay`, for a client stream, says
@@ -169,6 +173,7 @@ pub(crate) trait Attempts {
 /// counted as busy while a streamed response lasts.
 pub(crate) async fn with_retries<A, T, F, Fut>(
     upstream: &A,
+    rpc: &str,
     options: &CallOptions,
     replay: Option<&RequestReplay>,
     mut attempt: F,
@@ -191,7 +196,11 @@ where
         if time_left.is_some_and(|left| left.is_zero()) {
             return Err(timed_out());
         }
-        let outcome = run_attempt(&lease, time_left, &options.metadata, &mut attempt).await;
+        let observed = ObservedAttempt::start(upstream.cluster(), rpc, lease.address(), attempts);
+        let mut metadata = options.metadata.clone();
+        crate::telemetry::traces::inject(&observed.span, &mut metadata);
+        let outcome = run_attempt(&lease, time_left, metadata, &mut attempt).instrument(observed.span.clone()).await;
+        observed.finish(&outcome);
         let status = match outcome {
             Ok(value) => {
                 lease.succeeded();
@@ -224,12 +233,25 @@ where
             // A stream whose first message went out between the decision and now cannot be replayed.
             Decision::RetryAfter(delay) if replay.is_none_or(RequestReplay::rewind) => {
                 tracing::debug!(%endpoint, attempts, ?delay, code = ?status.code(), "retrying on another endpoint");
+                crate::telemetry::metrics::upstream()
+                    .retries
+                    .get_or_create(&ClusterRpcLabels {
+                        cluster: upstream.cluster().to_owned(),
+                        rpc: rpc.trim_start_matches('/').to_owned(),
+                    })
+                    .inc();
                 tried.push(endpoint);
                 tokio::time::sleep(delay).await;
             }
             decision => {
                 if let Decision::GiveUp(reason) = decision {
                     tracing::debug!(%endpoint, attempts, reason = reason.as_str(), code = ?status.code(), "not retrying");
+                    if reason == GiveUpReason::BudgetExhausted {
+                        crate::telemetry::metrics::upstream()
+                            .budget_exhausted
+                            .get_or_create(&ClusterLabels { cluster: upstream.cluster().to_owned() })
+                            .inc();
+                    }
                 }
                 return Err(match classified.failure {
                     Failure::DeadlineExceeded if is_client_timeout(&status) => timed_out(),
@@ -243,7 +265,7 @@ where
 async fn run_attempt<T, F, Fut>(
     lease: &Lease,
     time_left: Option<Duration>,
-    metadata: &MetadataMap,
+    metadata: MetadataMap,
     attempt: &mut F,
 ) -> Result<T, AttemptError>
 where
@@ -255,12 +277,49 @@ where
         // The connection's worker is gone: nothing was sent.
         return Err(AttemptError::Status(Status::from_error(Box::new(tonic::ConnectError(Box::new(error))))));
     }
-    let call = attempt(grpc, metadata.clone(), time_left);
+    let call = attempt(grpc, metadata, time_left);
     match time_left {
         Some(left) => tokio::time::timeout(left, call).await.map_err(|_| AttemptError::TimedOut)?,
         None => call.await,
     }
     .map_err(AttemptError::Status)
+}
+
+/// One attempt as telemetry sees it: its client span (the parent of the upstream's server span) and its
+/// duration by cluster, endpoint, RPC and code.
+struct ObservedAttempt {
+    span: tracing::Span,
+    labels: AttemptLabels,
+    started: std::time::Instant,
+}
+
+impl ObservedAttempt {
+    fn start(cluster: &str, rpc: &str, endpoint: &Uri, attempt: u32) -> Self {
+        Self {
+            span: crate::telemetry::grpc::client_span(cluster, rpc, endpoint, attempt),
+            labels: AttemptLabels {
+                cluster: cluster.to_owned(),
+                endpoint: endpoint.to_string(),
+                rpc: rpc.trim_start_matches('/').to_owned(),
+                code: "OK",
+            },
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn finish<T>(mut self, outcome: &Result<T, AttemptError>) {
+        let code = match outcome {
+            Ok(_) => Code::Ok,
+            Err(AttemptError::TimedOut) => Code::DeadlineExceeded,
+            Err(AttemptError::Status(status)) => status.code(),
+        };
+        crate::telemetry::grpc::record_code(&self.span, code, false);
+        self.labels.code = crate::user_service::code_name(code);
+        crate::telemetry::metrics::upstream()
+            .attempt_duration
+            .get_or_create(&self.labels)
+            .observe(crate::telemetry::metrics::seconds(self.started.elapsed()));
+    }
 }
 
 /// A request for one attempt, with the metadata and the time left sent upstream as `grpc-timeout`, so the
@@ -402,6 +461,9 @@ mod tests {
         fn backoff(&self, attempts: u32) -> Duration {
             Backoff::default().delay(attempts, 0.5)
         }
+        fn cluster(&self) -> &str {
+            "test"
+        }
     }
 
     fn options(idempotent: bool, timeout: Option<Duration>) -> CallOptions {
@@ -416,7 +478,7 @@ mod tests {
     ) -> (Result<&'static str, CallError>, u32) {
         let made = AtomicU32::new(0);
         let answers = Mutex::new(answers.into_iter());
-        let result = with_retries(upstream, options, None, |_grpc, _metadata, _time_left| {
+        let result = with_retries(upstream, "/test.Service/Method", options, None, |_grpc, _metadata, _time_left| {
             made.fetch_add(1, Ordering::Relaxed);
             let answer = answers.lock().ok().and_then(|mut answers| answers.next());
             async move {

@@ -33,6 +33,8 @@ pub struct Upstream {
 }
 
 struct Inner {
+    /// The cluster's name in spans and metrics.
+    name: String,
     config: UpstreamConfig,
     balancer: Balancer,
     sources: Vec<Source>,
@@ -90,6 +92,20 @@ impl Upstream {
     ///
     /// No targets, an invalid target, an unreadable endpoint file, or invalid settings.
     pub fn start(targets: &[String], config: UpstreamConfig, cancel: CancellationToken) -> Result<Self, UpstreamError> {
+        Self::start_named(crate::gateway::clusters::DEFAULT_CLUSTER, targets, config, cancel)
+    }
+
+    /// As [`Self::start`], for the cluster `name` (in spans and metric labels).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Self::start`].
+    pub fn start_named(
+        name: &str,
+        targets: &[String],
+        config: UpstreamConfig,
+        cancel: CancellationToken,
+    ) -> Result<Self, UpstreamError> {
         if targets.is_empty() {
             return Err(UpstreamError::NoTargets);
         }
@@ -118,6 +134,7 @@ impl Upstream {
         }
         let cancel = cancel.child_token();
         let inner = Arc::new(Inner {
+            name: name.to_owned(),
             balancer: Balancer::new(config.pool.clone(), config.breaker.clone()),
             limit: ConcurrencyLimit::new(config.limit.clone()),
             budget: RetryBudget::new(config.retry.budget.clone()),
@@ -157,12 +174,13 @@ impl Upstream {
         options: &CallOptions,
         message: Bytes,
     ) -> Result<tonic::Response<DynamicMessage>, CallError> {
-        let (response, _lease) = call::with_retries(&*self.inner, options, None, |mut grpc, metadata, time_left| {
-            let request = call::request(metadata, Ok(message.clone()), time_left);
-            let (path, codec) = (method.path.clone(), method.codec());
-            async move { grpc.unary(request, path, codec).await }
-        })
-        .await?;
+        let (response, _lease) =
+            call::with_retries(&*self.inner, method.path.as_str(), options, None, |mut grpc, metadata, time_left| {
+                let request = call::request(metadata, Ok(message.clone()), time_left);
+                let (path, codec) = (method.path.clone(), method.codec());
+                async move { grpc.unary(request, path, codec).await }
+            })
+            .await?;
         Ok(response)
     }
 
@@ -179,7 +197,7 @@ impl Upstream {
         options: &CallOptions,
         message: Bytes,
     ) -> Result<(tonic::Response<Streaming<DynamicMessage>>, Lease), CallError> {
-        call::with_retries(&*self.inner, options, None, |mut grpc, metadata, time_left| {
+        call::with_retries(&*self.inner, method.path.as_str(), options, None, |mut grpc, metadata, time_left| {
             let request = call::request(metadata, Ok(message.clone()), time_left);
             let (path, codec) = (method.path.clone(), method.codec());
             async move { grpc.server_streaming(request, path, codec).await }
@@ -200,13 +218,18 @@ impl Upstream {
         messages: mpsc::Receiver<Result<Bytes, Status>>,
     ) -> Result<tonic::Response<DynamicMessage>, CallError> {
         let replay = RequestReplay::new(messages);
-        let (response, _lease) =
-            call::with_retries(&*self.inner, options, Some(&replay), |mut grpc, metadata, time_left| {
+        let (response, _lease) = call::with_retries(
+            &*self.inner,
+            method.path.as_str(),
+            options,
+            Some(&replay),
+            |mut grpc, metadata, time_left| {
                 let request = call::request(metadata, replay.stream(), time_left);
                 let (path, codec) = (method.path.clone(), method.codec());
                 async move { grpc.client_streaming(request, path, codec).await }
-            })
-            .await?;
+            },
+        )
+        .await?;
         Ok(response)
     }
 
@@ -356,6 +379,10 @@ impl Attempts for Inner {
 
     fn backoff(&self, attempts: u32) -> Duration {
         self.config.retry.backoff.delay(attempts, fastrand::f64())
+    }
+
+    fn cluster(&self) -> &str {
+        &self.name
     }
 }
 

@@ -12,7 +12,8 @@
 //! page, so memory stays bounded by the buffer sizes whatever the watcher's speed. Only when the change it
 //! needs has been pruned from the log is it ended, with ABORTED.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast, mpsc};
@@ -59,6 +60,8 @@ pub struct ChangeFeed {
     wake: Notify,
     config: FeedConfig,
     shutdown: CancellationToken,
+    /// The latest revision the feed has broadcast.
+    head: AtomicI64,
 }
 
 impl ChangeFeed {
@@ -71,9 +74,20 @@ impl ChangeFeed {
     ) -> Result<Arc<Self>, StoreError> {
         let start = store.head_revision().await?;
         let (sender, _) = broadcast::channel(config.broadcast_capacity.max(1));
-        let feed = Arc::new(Self { store, sender, wake: Notify::new(), config, shutdown });
+        let feed = Arc::new(Self { store, sender, wake: Notify::new(), config, shutdown, head: AtomicI64::new(start) });
         tokio::spawn(Arc::clone(&feed).tail(start));
+        let observed = Arc::downgrade(&feed);
+        crate::telemetry::metrics::gauge_fn(
+            "user_service_watch_fanout_backlog",
+            "Changes broadcast but not yet taken by the slowest watcher (beyond the buffer it reads the database)",
+            move || Weak::upgrade(&observed).map(|feed| i64::try_from(feed.sender.len()).unwrap_or(i64::MAX)),
+        );
         Ok(feed)
+    }
+
+    /// The latest revision the feed has seen committed.
+    pub fn head_revision(&self) -> i64 {
+        self.head.load(Ordering::Relaxed)
     }
 
     /// Tells the feed that this process just committed a change, so watchers see it without waiting for a poll.
@@ -97,6 +111,7 @@ impl ChangeFeed {
                         let full_page = changes.len() == self.config.page_size as usize;
                         for change in changes {
                             last = change.revision;
+                            self.head.store(last, Ordering::Relaxed);
                             // No receivers is fine: nobody is watching.
                             let _ = self.sender.send(FeedItem::Change(Arc::new(change)));
                         }
@@ -127,6 +142,7 @@ impl ChangeFeed {
         let subscription = self.sender.subscribe();
         let feed = Arc::clone(self);
         tokio::spawn(async move {
+            let _connected = WatcherGauge::connect();
             let mut watcher = Watcher { feed: &feed, filter, events: &events, last: since_revision };
             let outcome = tokio::select! {
                 outcome = watcher.run(subscription, since_revision) => outcome,
@@ -144,6 +160,22 @@ impl ChangeFeed {
             let _ = events.send(Err(status)).await;
         });
         ReceiverStream::new(receiver)
+    }
+}
+
+/// Counts a watcher in `portico_user_service_watchers` while it lives.
+struct WatcherGauge;
+
+impl WatcherGauge {
+    fn connect() -> Self {
+        crate::telemetry::metrics::user_service().watchers.inc();
+        Self
+    }
+}
+
+impl Drop for WatcherGauge {
+    fn drop(&mut self) {
+        crate::telemetry::metrics::user_service().watchers.dec();
     }
 }
 

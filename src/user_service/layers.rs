@@ -1,4 +1,5 @@
-//! Tower layers around the gRPC server: one log line per call, and panic recovery.
+//! Tower layers around the gRPC server: one log line, one duration observation and (when traces are
+//! exported) one server span per call, and panic recovery.
 //!
 //! [`CallLogLayer`] logs when a call is over: when the response body ends (its trailers carry the status) or is
 //! dropped (the client went away: CANCELLED). A streaming call is thus logged once, with its whole duration. It
@@ -55,21 +56,29 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let method = request.uri().path().to_owned();
         let started = Instant::now();
-        let response = self.inner.call(request);
+        // The call's server span (only when traces are exported) holds the handler, the store's spans and
+        // this layer's log line.
+        let span = crate::telemetry::grpc::server_span(&method, request.headers());
+        let response = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        let response = tracing::Instrument::instrument(response, span.clone());
         Box::pin(async move {
             match AssertUnwindSafe(response).catch_unwind().await {
                 Ok(Ok(response)) => {
                     let code = grpc_status(response.headers());
-                    let record = CallRecord { method, started, code, finished: None };
+                    let record = CallRecord { method, started, code, finished: None, span };
                     Ok(response.map(|body| LoggedBody { inner: Some(body), record }))
                 }
                 Ok(Err(error)) => {
+                    let _entered = span.enter();
                     tracing::warn!(rpc = %method, duration_ms = elapsed_ms(started), "grpc call failed in transport");
                     Err(error)
                 }
                 Err(panic) => {
                     tracing::error!(rpc = %method, panic = panic_message(panic.as_ref()), "handler panicked");
-                    let record = CallRecord { method, started, code: Some(Code::Internal), finished: None };
+                    let record = CallRecord { method, started, code: Some(Code::Internal), finished: None, span };
                     Ok(internal_error_response().map(|()| LoggedBody { inner: None, record }))
                 }
             }
@@ -109,6 +118,7 @@ struct CallRecord {
     started: Instant,
     code: Option<Code>,
     finished: Option<Instant>,
+    span: tracing::Span,
 }
 
 impl Drop for CallRecord {
@@ -118,6 +128,15 @@ impl Drop for CallRecord {
         let code = self.code.unwrap_or(if self.finished.is_some() { Code::Ok } else { Code::Cancelled });
         let duration = self.finished.unwrap_or_else(Instant::now).duration_since(self.started);
         let duration_ms = duration.as_secs_f64() * 1000.0;
+        crate::telemetry::metrics::user_service()
+            .rpc_duration
+            .get_or_create(&crate::telemetry::metrics::RpcLabels {
+                rpc: crate::telemetry::grpc::rpc_label(&self.method, code),
+                code: code_name(code),
+            })
+            .observe(duration.as_secs_f64());
+        crate::telemetry::grpc::record_code(&self.span, code, true);
+        let _entered = self.span.enter();
         let code = code_name(code);
         if matches!(code, "INTERNAL" | "UNKNOWN" | "DATA_LOSS") {
             tracing::warn!(rpc = %self.method, code, duration_ms, "grpc call");

@@ -33,6 +33,7 @@ use crate::auth::policy::Policy;
 use crate::config::UserServiceConfig;
 use crate::proto::user::user_service_server::UserServiceServer;
 use crate::proto::{DESCRIPTOR_POOL, FILE_DESCRIPTOR_SET};
+use crate::telemetry::store::ObservedStore;
 use password::PasswordHasher;
 use store::{Store, StoreError, StoreOptions};
 
@@ -78,6 +79,9 @@ pub async fn serve(
         retain_unpublished: config.nats_url.is_some(),
     };
     let store = store::open(&config.database_url, options).await?;
+    crate::telemetry::store::observe_pools(store.pool_gauges());
+    let system = if store::is_postgres_url(&config.database_url) { "postgresql" } else { "sqlite" };
+    let store: Arc<dyn Store> = Arc::new(ObservedStore::new(store, system));
     let hasher = PasswordHasher::new(config.password_hash_cost)?;
     // Health follows `shutdown`; everything else stops only after the grace period.
     let stop = CancellationToken::new();
@@ -93,6 +97,7 @@ pub async fn serve(
         }
     });
     let feed = events::ChangeFeed::start(Arc::clone(&store), config.feed, stop.clone()).await?;
+    observe_change_log(&feed, config.change_log_window, config.nats_url.is_none());
     if let Some(nats_url) = &config.nats_url {
         let relay = relay::RelayConfig {
             nats: relay::NatsTarget {
@@ -165,6 +170,24 @@ pub async fn serve(
             Ok(())
         }
     }
+}
+
+/// The change log's head and size as gauges. Without a relay every write prunes the log to the last `window`
+/// revisions, and revisions have no gaps, so its size follows from the head; with a relay the log also keeps
+/// what is not published yet, and the relay reports that backlog instead.
+fn observe_change_log(feed: &Arc<events::ChangeFeed>, window: u32, pruned_to_window: bool) {
+    use crate::telemetry::metrics::gauge_fn;
+    let head = Arc::downgrade(feed);
+    gauge_fn("user_service_change_log_revision", "The latest committed revision", move || {
+        head.upgrade().map(|feed| feed.head_revision())
+    });
+    if !pruned_to_window {
+        return;
+    }
+    let size = Arc::downgrade(feed);
+    gauge_fn("user_service_change_log_entries", "Changes kept in the change log for resumes", move || {
+        size.upgrade().map(|feed| feed.head_revision().min(i64::from(window)))
+    });
 }
 
 /// Keeps grpc.health.v1 in step with the database: SERVING while it answers, NOT_SERVING otherwise and from

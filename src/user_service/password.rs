@@ -56,7 +56,9 @@ impl PasswordHasher {
     /// dropped: a client that cancels its call cannot start another hash while the first still runs, so at
     /// most `available_parallelism` hashes (and their memory) exist at once, whatever clients do.
     pub async fn hash(&self, password: String) -> Result<String, HashError> {
+        let queued = std::time::Instant::now();
         let permit = Arc::clone(&self.permits).acquire_owned().await.map_err(|_| HashError::Cancelled)?;
+        crate::telemetry::metrics::user_service().hash_queue_wait.observe(queued.elapsed().as_secs_f64());
         let params = self.params.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;

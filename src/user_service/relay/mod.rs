@@ -118,6 +118,8 @@ async fn lead(store: &dyn Store, config: &RelayConfig) -> Result<(), RelayError>
     let mut notifications = store.change_notifications();
     let poll_interval = poll_interval(notifications.as_ref(), config.poll_interval);
     let mut published = store.published_revision().await?;
+    let metrics = crate::telemetry::metrics::relay();
+    metrics.published_revision.set(published);
     tracing::info!(
         published,
         nats = %config.nats.redacted_url(),
@@ -165,12 +167,16 @@ async fn lead(store: &dyn Store, config: &RelayConfig) -> Result<(), RelayError>
                 }
             };
             if let Err(reason) = acknowledged.await {
+                metrics.failed.inc();
                 // What was acknowledged stays acknowledged: keep it, so the next relay starts after it.
                 store.mark_published(published).await?;
+                metrics.published_revision.set(published);
                 return Err(RelayError::Publish { revision, reason });
             }
             published = revision;
+            metrics.published.inc();
         }
         store.mark_published(published).await?;
+        metrics.published_revision.set(published);
     }
 }

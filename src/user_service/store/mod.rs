@@ -234,6 +234,11 @@ pub trait Store: Send + Sync + 'static {
     fn change_notifications(&self) -> Option<watch::Receiver<u64>> {
         None
     }
+
+    /// The connection pools, named, for the `portico_db_pool_connections` gauges; none by default.
+    fn pool_gauges(&self) -> crate::telemetry::store::Pools {
+        Vec::new()
+    }
 }
 
 #[cfg(test)]

@@ -330,6 +330,10 @@ impl Store for PostgresStore {
         }
     }
 
+    fn pool_gauges(&self) -> crate::telemetry::store::Pools {
+        vec![("postgres", std::sync::Arc::new(self.pool.clone()))]
+    }
+
     fn change_notifications(&self) -> Option<watch::Receiver<u64>> {
         Some(self.notifications.clone())
     }

@@ -160,6 +160,10 @@ impl SqliteStore {
 
 #[async_trait::async_trait]
 impl Store for SqliteStore {
+    fn pool_gauges(&self) -> crate::telemetry::store::Pools {
+        vec![("writer", std::sync::Arc::new(self.writer.clone())), ("reader", std::sync::Arc::new(self.reader.clone()))]
+    }
+
     async fn get_user(&self, id: i64) -> Result<User, StoreError> {
         let row = sqlx::query(audited(format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?")))
             .bind(id)

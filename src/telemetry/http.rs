@@ -1,0 +1,281 @@
+//! The gateway's HTTP server layer: one span per request (continuing the client's `traceparent`), the
+//! request log line, the `traceresponse` header, and the request metrics (duration by method, route template
+//! and status; requests in flight; open streams; body bytes).
+//!
+//! The span and the metrics last as long as the response body: a server stream is one span and one
+//! observation for its whole life, with an event per message rather than a span.
+
+use std::borrow::Cow;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::MatchedPath;
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, header};
+use http_body::{Body as _, Frame, SizeHint};
+use prometheus_client::metrics::gauge::Gauge;
+use tower::{Layer, Service};
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::gateway::handler::RoutedRpc;
+use crate::telemetry::metrics::{self, RequestLabels, RouteLabels};
+use crate::telemetry::traces;
+
+/// Finds the route template of a request before it is handled, so the span can be named after it. Only
+/// called when traces are exported.
+pub type RouteHint = Arc<dyn Fn(&Method, &str) -> Option<String> + Send + Sync>;
+
+/// Adds [`HttpTelemetry`] to a service.
+#[derive(Clone)]
+pub struct HttpTelemetryLayer {
+    route_hint: RouteHint,
+}
+
+impl HttpTelemetryLayer {
+    /// Registers the gateway's metric families (so they show before the first request).
+    pub fn new(route_hint: RouteHint) -> Self {
+        let _ = metrics::gateway();
+        Self { route_hint }
+    }
+}
+
+impl<S> Layer<S> for HttpTelemetryLayer {
+    type Service = HttpTelemetry<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        HttpTelemetry { inner, route_hint: Arc::clone(&self.route_hint) }
+    }
+}
+
+/// See the module documentation.
+#[derive(Clone)]
+pub struct HttpTelemetry<S> {
+    inner: S,
+    route_hint: RouteHint,
+}
+
+impl<S, B> Service<Request<Body>> for HttpTelemetry<S>
+where
+    S: Service<Request<Body>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let started = Instant::now();
+        let method = method_label(request.method());
+        let matched = request.extensions().get::<MatchedPath>().map(|path| path.as_str().to_owned());
+        let span = tracing::info_span!(
+            "http",
+            method = %request.method(),
+            path = %request.uri().path(),
+            otel.name = Empty,
+            otel.kind = Empty,
+            otel.status_code = Empty,
+            trace_id = Empty,
+        );
+        if traces::enabled() {
+            let route = matched.clone().or_else(|| (self.route_hint)(request.method(), request.uri().path()));
+            let name = match &route {
+                Some(route) => format!("{method} {route}"),
+                None => method.to_string(),
+            };
+            span.record("otel.name", name.as_str()).record("otel.kind", "server");
+            if let Some(trace_id) = traces::continue_trace(&span, request.headers()) {
+                span.record("trace_id", trace_id.as_str());
+            }
+            span.set_attribute("http.request.method", method.clone());
+            span.set_attribute("url.path", request.uri().path().to_owned());
+            span.set_attribute("url.scheme", "http");
+            if let Some(route) = route {
+                span.set_attribute("http.route", route);
+            }
+        }
+        let gateway = metrics::gateway();
+        gateway.requests_in_flight.inc();
+        let in_flight = InFlight(gateway.requests_in_flight.clone());
+        let request_bytes = if request.body().is_end_stream() { None } else { Some(Arc::new(ByteCount::default())) };
+        let request = match &request_bytes {
+            Some(count) => request.map(|body| Body::new(CountedRequestBody { inner: body, count: Arc::clone(count) })),
+            None => request,
+        };
+        let response = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        Box::pin(async move {
+            let response = tracing::Instrument::instrument(response, span.clone()).await?;
+            let status = response.status();
+            let routed = response.extensions().get::<RoutedRpc>().cloned();
+            let route: Cow<'static, str> = match (&routed, matched) {
+                (Some(routed), _) => Cow::Owned(routed.0.template.as_str().to_owned()),
+                (None, Some(path)) => Cow::Owned(path),
+                (None, None) => Cow::Borrowed("unmatched"),
+            };
+            span.in_scope(|| {
+                let rpc = routed.as_ref().map_or("-", |routed| routed.0.rpc_name());
+                let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+                // Under the gateway's target, as operators filter it (RUST_LOG=portico::gateway=info).
+                tracing::info!(target: "portico::gateway", status = status.as_u16(), duration_ms, rpc, "request");
+            });
+            if traces::enabled() {
+                span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
+                if status.is_server_error() {
+                    span.record("otel.status_code", "error");
+                }
+            }
+            let (mut parts, body) = response.into_parts();
+            if let Some(value) = traces::traceresponse(&span) {
+                parts.headers.insert("traceresponse", value);
+            }
+            let route_labels = RouteLabels { method: method.clone(), route: route.clone() };
+            let stream = is_stream(&parts.headers).then(|| {
+                let gauge = gateway.open_streams.get_or_create_owned(&route_labels);
+                gauge.inc();
+                InFlight(gauge)
+            });
+            let finished = Finished {
+                started,
+                labels: RequestLabels { method, route, status: status.as_u16() },
+                route_labels,
+                request_bytes,
+                response_bytes: 0,
+                span,
+                stream,
+                _in_flight: in_flight,
+            };
+            Ok(Response::from_parts(parts, Body::new(ObservedBody { inner: body, finished })))
+        })
+    }
+}
+
+/// The method as a label: the standard ones by name, anything else as `_OTHER` (a client must not be able
+/// to invent label values).
+fn method_label(method: &Method) -> Cow<'static, str> {
+    const KNOWN: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+    KNOWN.iter().find(|known| **known == method.as_str()).map_or(Cow::Borrowed("_OTHER"), |known| Cow::Borrowed(*known))
+}
+
+fn is_stream(headers: &http::HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes).is_some_and(|content_type| {
+        content_type.starts_with(b"text/event-stream")
+            || content_type.starts_with(crate::gateway::stream::NDJSON.as_bytes())
+    })
+}
+
+/// Decrements a gauge when dropped.
+struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[derive(Default)]
+struct ByteCount(std::sync::atomic::AtomicU64);
+
+pin_project_lite::pin_project! {
+    struct CountedRequestBody {
+        #[pin]
+        inner: Body,
+        count: Arc<ByteCount>,
+    }
+}
+
+impl http_body::Body for CountedRequestBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            this.count.0.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What is recorded when the response body is done with (ended, or dropped because the client left).
+struct Finished {
+    started: Instant,
+    labels: RequestLabels,
+    route_labels: RouteLabels,
+    request_bytes: Option<Arc<ByteCount>>,
+    response_bytes: u64,
+    span: tracing::Span,
+    /// Held while a server stream is open: the open-streams gauge.
+    stream: Option<InFlight>,
+    _in_flight: InFlight,
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        let gateway = metrics::gateway();
+        gateway.request_duration.get_or_create(&self.labels).observe(metrics::seconds(self.started.elapsed()));
+        gateway.response_bytes.get_or_create(&self.route_labels).inc_by(self.response_bytes);
+        if let Some(count) = &self.request_bytes {
+            let read = count.0.load(std::sync::atomic::Ordering::Relaxed);
+            gateway.request_bytes.get_or_create(&self.route_labels).inc_by(read);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct ObservedBody<B> {
+        #[pin]
+        inner: B,
+        finished: Finished,
+    }
+}
+
+impl<B: http_body::Body<Data = Bytes>> http_body::Body for ObservedBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            this.finished.response_bytes += data.len() as u64;
+            // A stream's messages become events of its one span; SSE keep-alive comments (":") do not.
+            if this.finished.stream.is_some() && traces::enabled() && !data.starts_with(b":") {
+                this.finished.span.add_event("message", vec![opentelemetry::KeyValue::new("bytes", data.len() as i64)]);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
