@@ -88,7 +88,7 @@ async fn the_user_api_holds_up_under_schemathesis() -> Result<(), Error> {
     let dir_path = dir.path().to_path_buf();
     // The watch is an endless stream by design; schemathesis would wait for its end.
     let generated = tokio::task::spawn_blocking(move || {
-        fuzz(&dir_path, addr, 150, &["--exclude-path", "/v1/users:watch", "--header", &authorization])
+        fuzz(&dir_path, addr, 250, &["--exclude-path", "/v1/users:watch", "--header", &authorization])
     })
     .await??;
     assert!(generated >= 2000, "only {generated} cases were generated");
@@ -128,7 +128,7 @@ async fn a_sidecar_document_is_valid_and_holds_up_under_schemathesis() -> Result
     );
 
     let dir_path = dir.path().to_path_buf();
-    let generated = tokio::task::spawn_blocking(move || fuzz(&dir_path, addr, 30, &[])).await??;
+    let generated = tokio::task::spawn_blocking(move || fuzz(&dir_path, addr, 40, &[])).await??;
     assert!(generated >= 2000, "only {generated} cases were generated");
     assert!(!gateway.logs().iter().any(|line| line.contains("panicked")), "the gateway panicked");
     Ok(())

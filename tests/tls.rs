@@ -235,6 +235,13 @@ async fn the_gateway_calls_an_https_upstream_with_its_client_certificate() -> Te
     }
     assert_eq!(status, StatusCode::OK, "the gateway reaches the mTLS upstream");
 
+    // Sidecar mode over the same TLS: the routes come from the upstream's reflection, read with the same CA
+    // and client certificate.
+    let mut reflecting = gateway_with(tls(Some(&identity)));
+    reflecting.descriptors.reflection = true;
+    let (reflected, _reflected_shutdown) = spawn(reflecting).await;
+    assert_eq!(common::rest::get(reflected, "/v1/users").await?.status, StatusCode::OK, "routes from reflection");
+
     // Without its certificate the upstream refuses the gateway: nothing gets through.
     let (refused, _refused_shutdown) = spawn(gateway_with(tls(None))).await;
     let reply = common::rest::get(refused, "/v1/users").await?;

@@ -212,6 +212,7 @@ pub async fn start(
         non_idempotent_rpcs: config.non_idempotent_rpcs.clone(),
         embedded: embedded.clone(),
         clusters: clusters.clone(),
+        upstream_tls: config.upstream.pool.tls.clone(),
     };
     let catalog = Arc::new(LiveCatalog::start(loader).await?);
     crate::telemetry::upstream::observe(&clusters);

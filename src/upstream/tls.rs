@@ -14,7 +14,7 @@ pub struct UpstreamTls {
 
 impl UpstreamTls {
     /// `endpoint` with TLS when `address` is `https://`; unchanged for `http://`.
-    pub(crate) fn apply(&self, address: &Uri, endpoint: Endpoint) -> Endpoint {
+    pub fn apply(&self, address: &Uri, endpoint: Endpoint) -> Endpoint {
         if address.scheme_str() != Some("https") {
             return endpoint;
         }

@@ -151,6 +151,8 @@ pub struct Loader {
     /// The descriptors compiled into the binary.
     pub embedded: DescriptorPool,
     pub clusters: Clusters,
+    /// TLS to `https://` upstreams, for reading their reflection.
+    pub upstream_tls: crate::upstream::tls::UpstreamTls,
 }
 
 impl Loader {
@@ -235,7 +237,7 @@ impl Loader {
         for address in addresses {
             // A failed endpoint must not leave half its files behind for the next one to build on.
             let mut attempt = FileSet::default();
-            match reflection::fetch(&address, timeout, &mut attempt).await {
+            match reflection::fetch(&address, timeout, &self.upstream_tls, &mut attempt).await {
                 Ok(reflected) => {
                     tracing::debug!(cluster = %cluster.name, endpoint = %address, version = reflected.version, services = ?reflected.services, "descriptors read by reflection");
                     files.extend(attempt);

@@ -22,6 +22,7 @@ use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse
 
 use super::LoadError;
 use super::fileset::FileSet;
+use crate::upstream::tls::UpstreamTls;
 
 const V1: &str = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
 const V1ALPHA: &str = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo";
@@ -44,9 +45,16 @@ pub struct Reflected {
 ///
 /// [`LoadError::Reflection`]: the server cannot be reached within `timeout`, serves neither reflection
 /// version, answers with an error, or cannot provide an imported file.
-pub async fn fetch(address: &Uri, timeout: Duration, files: &mut FileSet) -> Result<Reflected, LoadError> {
+pub async fn fetch(
+    address: &Uri,
+    timeout: Duration,
+    tls: &UpstreamTls,
+    files: &mut FileSet,
+) -> Result<Reflected, LoadError> {
     let failed = |reason: String| LoadError::Reflection { endpoint: address.to_string(), reason };
-    let channel = Endpoint::from(address.clone())
+    // An https:// upstream is read with the same CA and client certificate as its calls use.
+    let endpoint = tls.apply(address, Endpoint::from(address.clone()));
+    let channel = endpoint
         .connect_timeout(timeout)
         .timeout(timeout)
         .connect()
