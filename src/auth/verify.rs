@@ -91,6 +91,12 @@ impl Verifier {
         }))
     }
 
+    /// The caller a request's `Authorization: Bearer` header proves, or why it proves nothing; what both ends
+    /// (the gateway's layer and the UserService's) ask of a request.
+    pub async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Caller, TokenError> {
+        self.verify(bearer_token(headers.get(http::header::AUTHORIZATION))?).await
+    }
+
     /// The caller a token proves, or why it proves nothing.
     pub async fn verify(&self, token: &str) -> Result<Caller, TokenError> {
         // `alg: none` and unknown algorithms fail here: they are not in jsonwebtoken's Algorithm.

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use futures::future::BoxFuture;
 use tower::{Layer, Service};
 
-use crate::auth::{Verifier, bearer_token};
+use crate::auth::Verifier;
 use crate::gateway::error::GatewayError;
 
 /// Paths served without a token: probes, the API description and its UI.
@@ -72,11 +72,7 @@ where
         }
         let verifier = Arc::clone(&self.verifier);
         Box::pin(async move {
-            let verified = match bearer_token(request.headers().get(http::header::AUTHORIZATION)) {
-                Ok(token) => verifier.verify(token).await,
-                Err(error) => Err(error),
-            };
-            match verified {
+            match verifier.authenticate(request.headers()).await {
                 Ok(caller) => {
                     request.extensions_mut().insert(caller);
                     inner.call(request).await

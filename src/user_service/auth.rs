@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tower::{Layer, Service};
 
 use crate::auth::policy::Policy;
-use crate::auth::{Caller, Verifier, bearer_token};
+use crate::auth::{Caller, Verifier};
 use crate::proto::user::user_service_server::UserService;
 use crate::proto::user::{
     BatchCreateUsersResponse, CreateUserRequest, DeleteUserRequest, GetUserRequest, GetUserResponse, ListUsersRequest,
@@ -89,11 +89,7 @@ where
         }
         let verifier = Arc::clone(&self.verifier);
         Box::pin(async move {
-            let verified = match bearer_token(request.headers().get(http::header::AUTHORIZATION)) {
-                Ok(token) => verifier.verify(token).await,
-                Err(error) => Err(error),
-            };
-            match verified {
+            match verifier.authenticate(request.headers()).await {
                 Ok(caller) => {
                     request.extensions_mut().insert(caller);
                     inner.call(request).await
