@@ -250,3 +250,44 @@ async fn the_outbox_relay_counts_what_it_published() -> TestResult {
     promtool_check_metrics(&page)?;
     Ok(())
 }
+
+#[tokio::test]
+async fn requests_refused_by_the_limits_are_counted_by_reason() -> TestResult {
+    let pair = start_pair().await?;
+    let upstream = pair_upstream(&pair).await?;
+    let limited = Process::start(
+        &[
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream,
+            "--rate-limit",
+            "1/min",
+            "--rate-limit-burst",
+            "1",
+        ],
+        "info",
+    )?;
+    let admin = limited.address("admin listening").await?;
+    let addr = limited.address("gateway listening").await?;
+    wait_ready(addr).await?;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(get(addr, "/v1/users").await?.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 429, 429]);
+    let page =
+        expect_samples(admin, &[("portico_gateway_rejected_requests_total{reason=\"rate_limit\"}", 2.0)]).await?;
+    promtool_check_metrics(&page)?;
+    Ok(())
+}
+
+/// The UserService address the pair's gateway calls, from the pair's admin view.
+async fn pair_upstream(pair: &Pair) -> Result<String, Error> {
+    let view = get(pair.gateway_admin, "/admin/upstreams").await?.json();
+    let address = view["upstreams"][0]["state"]["endpoints"][0]["address"].as_str().ok_or("an endpoint address")?;
+    Ok(address.trim_end_matches('/').to_string())
+}

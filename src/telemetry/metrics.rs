@@ -127,6 +127,13 @@ pub struct RouteLabels {
     pub route: Cow<'static, str>,
 }
 
+/// Why the gateway's limits refused a request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectionLabels {
+    /// `rate_limit` (429), `overload` (`--max-concurrent-requests`, 503) or `streams` (`--max-streams`, 503).
+    pub reason: &'static str,
+}
+
 /// The gateway's HTTP side.
 pub struct GatewayMetrics {
     pub request_duration: HistogramFamily<RequestLabels>,
@@ -134,6 +141,14 @@ pub struct GatewayMetrics {
     pub open_streams: Family<RouteLabels, Gauge>,
     pub request_bytes: Family<RouteLabels, Counter>,
     pub response_bytes: Family<RouteLabels, Counter>,
+    pub rejected: Family<RejectionLabels, Counter>,
+}
+
+impl GatewayMetrics {
+    /// Counts one request the limits refused.
+    pub fn reject(&self, reason: &'static str) {
+        self.rejected.get_or_create(&RejectionLabels { reason }).inc();
+    }
 }
 
 /// The gateway's metrics, registered on first use.
@@ -145,6 +160,7 @@ pub fn gateway() -> &'static GatewayMetrics {
             open_streams: Family::default(),
             request_bytes: Family::default(),
             response_bytes: Family::default(),
+            rejected: Family::default(),
         };
         with_registry(|r| {
             r.register_with_unit(
@@ -174,6 +190,11 @@ pub fn gateway() -> &'static GatewayMetrics {
                 "Response body bytes sent",
                 Unit::Bytes,
                 metrics.response_bytes.clone(),
+            );
+            r.register(
+                "gateway_rejected_requests",
+                "Requests refused by the gateway's limits before any upstream call, by reason",
+                metrics.rejected.clone(),
             );
         });
         metrics

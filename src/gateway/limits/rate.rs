@@ -243,6 +243,7 @@ where
             Err(not_until) => {
                 let wait = not_until.wait_time_from(shared.limiter.clock().now());
                 tracing::debug!(%key, ?wait, "rate limited");
+                crate::telemetry::metrics::gateway().reject("rate_limit");
                 let mut response = GatewayError::RateLimited { retry_after: wait }.into_response();
                 let headers = response.headers_mut();
                 headers.insert(HeaderName::from_static("ratelimit-policy"), shared.policy.clone());

@@ -70,6 +70,7 @@ where
                 }))
             }
             Err(_) => {
+                crate::telemetry::metrics::gateway().reject("overload");
                 let error = GatewayError::Unavailable {
                     message: format!("the gateway is serving its limit of {} requests; retry shortly", self.limit),
                     retry_after: std::time::Duration::from_secs(1),

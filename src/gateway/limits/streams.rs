@@ -37,6 +37,7 @@ impl StreamSlots {
     pub fn take(&self) -> Result<StreamSlot, GatewayError> {
         let Some((slots, max)) = &self.slots else { return Ok(StreamSlot(None)) };
         Arc::clone(slots).try_acquire_owned().map(|permit| StreamSlot(Some(permit))).map_err(|_| {
+            crate::telemetry::metrics::gateway().reject("streams");
             GatewayError::Unavailable {
                 message: format!("the gateway has its limit of {max} streams open; retry shortly"),
                 retry_after: std::time::Duration::from_secs(1),
