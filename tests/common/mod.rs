@@ -73,24 +73,17 @@ impl TestStorage {
 
     /// Every stored password hash, read straight from the database.
     pub async fn password_hashes(&self) -> Result<Vec<String>, sqlx::Error> {
-        use sqlx::Connection;
-        let query = "SELECT password_hash FROM users ORDER BY id";
-        match self {
-            Self::Sqlite { path, .. } => {
-                let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=ro", path.display())).await?;
-                sqlx::query_scalar(query).fetch_all(&mut db).await
-            }
-            Self::Postgres(database) => {
-                let mut db = sqlx::PgConnection::connect(&database.url).await?;
-                sqlx::query_scalar(query).fetch_all(&mut db).await
-            }
-        }
+        self.strings("SELECT password_hash FROM users ORDER BY id").await
     }
 
     /// Every stored text of every user row, concatenated per row.
     pub async fn user_rows_as_text(&self) -> Result<Vec<String>, sqlx::Error> {
+        self.strings("SELECT password_hash || name || email || roles FROM users").await
+    }
+
+    /// The one text column of `query`'s rows, on a connection of its own (read-only for SQLite).
+    async fn strings(&self, query: &'static str) -> Result<Vec<String>, sqlx::Error> {
         use sqlx::Connection;
-        let query = "SELECT password_hash || name || email || roles FROM users";
         match self {
             Self::Sqlite { path, .. } => {
                 let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=ro", path.display())).await?;

@@ -25,6 +25,12 @@ pub struct LimitsConfig {
 
 /// Probes answer even when the gateway is at its limits: a load balancer must not mistake a busy gateway for
 /// a dead one.
+/// The future of a limiting layer: the inner service's, boxed, or an answer the limit gives at once.
+pub(crate) type LimitFuture<E> = futures::future::Either<
+    futures::future::BoxFuture<'static, Result<axum::response::Response, E>>,
+    futures::future::Ready<Result<axum::response::Response, E>>,
+>;
+
 pub(crate) fn is_probe(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz")
 }

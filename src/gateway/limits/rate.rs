@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
-use futures::future::{BoxFuture, Either, Ready};
+use futures::future::Either;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
@@ -25,7 +25,7 @@ use tower::{Layer, Service};
 use crate::auth::Caller;
 use crate::gateway::error::GatewayError;
 use crate::gateway::limits::client_ip::{Cidr, client_ip};
-use crate::gateway::limits::is_probe;
+use crate::gateway::limits::{LimitFuture, is_probe};
 
 /// How often idle keys are dropped.
 const RETAIN_EVERY: Duration = Duration::from_secs(60);
@@ -213,7 +213,7 @@ where
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = Either<BoxFuture<'static, Result<Response, S::Error>>, Ready<Result<Response, S::Error>>>;
+    type Future = LimitFuture<S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)

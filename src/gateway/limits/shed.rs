@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::response::{IntoResponse, Response};
-use futures::future::{BoxFuture, Either, Ready};
+use futures::future::Either;
 use tokio::sync::Semaphore;
 use tower::{Layer, Service};
 
 use crate::gateway::error::GatewayError;
-use crate::gateway::limits::is_probe;
+use crate::gateway::limits::{LimitFuture, is_probe};
 
 /// Adds [`LoadShed`] to a service.
 #[derive(Debug, Clone)]
@@ -50,7 +50,7 @@ where
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = Either<BoxFuture<'static, Result<Response, S::Error>>, Ready<Result<Response, S::Error>>>;
+    type Future = LimitFuture<S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
