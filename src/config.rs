@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use crate::settings::ConfigError;
+
 use std::path::PathBuf;
 
 use crate::auth::{AuthConfig, KeySource};
@@ -25,11 +27,11 @@ use crate::upstream::limit::LimitConfig;
 use crate::upstream::retry::{Backoff, RetryBudgetConfig, RetryPolicy};
 use crate::upstream::tls::UpstreamTls;
 use crate::upstream::{PoolConfig, RetryConfig, UpstreamConfig};
-use crate::user_service::FeedConfig;
 use crate::user_service::ServiceTls;
 use crate::user_service::password::HashCost;
 use crate::user_service::relay::{EventNames, NameError, NatsAuth, NatsTarget, NatsTls, Secret, TailOptions};
-use crate::user_service::store::{ChangeKind, is_postgres_url};
+use crate::user_service::store::ChangeKind;
+use crate::user_service::{FeedConfig, UserServiceConfig};
 
 /// Portico: a REST-to-gRPC gateway and the UserService behind it.
 #[derive(Debug, Parser)]
@@ -733,13 +735,6 @@ impl GatewayOptions {
 
     /// The limits of these options.
     fn limits(&self) -> Result<LimitsConfig, ConfigError> {
-        for (flag, value) in
-            [("max-concurrent-requests", self.max_concurrent_requests), ("max-streams", self.max_streams)]
-        {
-            if value == Some(0) {
-                return Err(ConfigError { flag, reason: "must be at least 1".into() });
-            }
-        }
         let rate_limit = match self.rate_limit {
             Some(rate) => Some(RateLimitConfig {
                 rate,
@@ -786,7 +781,6 @@ impl GatewayOptions {
     pub fn config(&self, upstreams: Vec<String>, drain_timeout: Duration) -> Result<GatewayConfig, ConfigError> {
         let mut upstream = self.upstream_config();
         upstream.pool.tls = self.upstream_tls()?;
-        upstream.validate().map_err(|e| ConfigError { flag: "upstream-*", reason: e.to_string() })?;
         let config = GatewayConfig {
             upstreams,
             upstream,
@@ -810,22 +804,7 @@ impl GatewayOptions {
             limits: self.limits()?,
             tls: None,
         };
-        for (flag, value) in [
-            ("upstream-connections", self.upstream_connections),
-            ("max-body-bytes", self.max_body_bytes),
-            ("max-json-depth", self.max_json_depth),
-        ] {
-            if value == 0 {
-                return Err(ConfigError { flag, reason: "must be at least 1".into() });
-            }
-        }
-        for (flag, value) in
-            [("header-read-timeout", self.header_read_timeout), ("sse-keep-alive", self.sse_keep_alive)]
-        {
-            if value.is_zero() {
-                return Err(ConfigError { flag, reason: "must be longer than 0".into() });
-            }
-        }
+        config.validate()?;
         Ok(config)
     }
 }
@@ -922,104 +901,6 @@ impl ServeArgs {
             args: ServeArgs,
         }
         Defaults::parse_from(["portico"]).args
-    }
-}
-
-/// The UserService's settings, validated.
-#[derive(Debug, Clone, PartialEq)]
-pub struct UserServiceConfig {
-    pub database_url: String,
-    /// PostgreSQL's pool size.
-    pub db_max_connections: u32,
-    /// Where the outbox relay publishes; `None`: no relay.
-    pub nats_url: Option<String>,
-    /// How the relay logs in to NATS.
-    pub nats_auth: NatsAuth,
-    pub nats_tls: NatsTls,
-    /// The relay's subjects and stream.
-    pub events: EventNames,
-    /// Warn while more changes than this wait to be published.
-    pub events_backlog_warn: u64,
-    pub change_log_window: u32,
-    pub feed: FeedConfig,
-    pub password_hash_cost: HashCost,
-    pub drain_timeout: Duration,
-    pub health_check_interval: Duration,
-    /// NOT_SERVING while still serving, at the start of shutdown.
-    pub shutdown_grace: Duration,
-    /// JWT authentication and the proto's access rules; off when unset.
-    pub auth: Option<AuthConfig>,
-    /// Server reflection needs a token too (only with `auth`).
-    pub auth_reflection: bool,
-    /// gRPC over TLS (and mTLS with a client CA); plain text when unset.
-    pub tls: Option<ServiceTls>,
-}
-
-/// A setting that cannot work, named with the flag that sets it.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid --{flag}: {reason}")]
-pub struct ConfigError {
-    pub flag: &'static str,
-    pub reason: String,
-}
-
-impl UserServiceConfig {
-    pub const DEFAULT_CHANGE_LOG_WINDOW: u32 = 10_000;
-    pub const DEFAULT_DB_MAX_CONNECTIONS: u32 = 10;
-    pub const DEFAULT_EVENTS_BACKLOG_WARN: u64 = 1000;
-
-    /// Defaults, for a database URL: what the flags give when only `--db` is set.
-    pub fn new(database_url: impl Into<String>) -> Self {
-        Self {
-            database_url: database_url.into(),
-            db_max_connections: Self::DEFAULT_DB_MAX_CONNECTIONS,
-            nats_url: None,
-            nats_auth: NatsAuth::None,
-            nats_tls: NatsTls::default(),
-            events: EventNames::default(),
-            events_backlog_warn: Self::DEFAULT_EVENTS_BACKLOG_WARN,
-            change_log_window: Self::DEFAULT_CHANGE_LOG_WINDOW,
-            feed: FeedConfig::default(),
-            password_hash_cost: HashCost::default(),
-            drain_timeout: Duration::from_secs(30),
-            health_check_interval: Duration::from_secs(5),
-            shutdown_grace: Duration::ZERO,
-            auth: None,
-            auth_reflection: false,
-            tls: None,
-        }
-    }
-
-    /// Checks the settings that flags' types cannot.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if !self.database_url.starts_with("sqlite:") && !is_postgres_url(&self.database_url) {
-            return Err(ConfigError {
-                flag: "db",
-                reason: format!("{:?} is not a SQLite URL, file path or PostgreSQL URL", self.database_url),
-            });
-        }
-        let positive = [
-            ("db-max-connections", self.db_max_connections as usize),
-            ("change-log-window", self.change_log_window as usize),
-            ("watch-buffer", self.feed.broadcast_capacity),
-            ("password-hash-iterations", self.password_hash_cost.iterations as usize),
-        ];
-        for (flag, value) in positive {
-            if value == 0 {
-                return Err(ConfigError { flag, reason: "must be at least 1".into() });
-            }
-        }
-        if self.password_hash_cost.memory_kib < 8 {
-            return Err(ConfigError { flag: "password-hash-memory-kib", reason: "must be at least 8".into() });
-        }
-        for (flag, value) in
-            [("watch-poll-interval", self.feed.poll_interval), ("health-check-interval", self.health_check_interval)]
-        {
-            if value.is_zero() {
-                return Err(ConfigError { flag, reason: "must be longer than 0".into() });
-            }
-        }
-        Ok(())
     }
 }
 
@@ -1166,19 +1047,12 @@ fn database_url(db: &str) -> String {
     }
 }
 
-/// Parses `250ms`, `30s`, `5m`, `1h` (a number and a unit).
+/// Parses a duration flag: `250ms`, `30s`, `5m`, `1h`, or combinations such as `1h 30m` (humantime's
+/// format, which refuses values that overflow rather than wrapping).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 250ms, 30s, 5m or 1h"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(value)),
-        "s" => Ok(Duration::from_secs(value)),
-        "m" => Ok(Duration::from_secs(value * 60)),
-        "h" => Ok(Duration::from_secs(value * 3600)),
-        _ => Err(format!("{text:?} needs a unit: ms, s, m or h (e.g. 30s)")),
-    }
+    humantime::parse_duration(text)
+        .map_err(|error| format!("{text:?} is not a duration like 250ms, 30s, 5m or 1h: {error}"))
 }
 
 #[cfg(test)]
@@ -1191,7 +1065,9 @@ mod tests {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        for bad in ["", "30", "s", "-1s", "1.5s", "10 parsecs"] {
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        for bad in ["", "30", "s", "-1s", "10 parsecs", "99999999999999999999h", "18446744073709551615h"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
@@ -1248,20 +1124,5 @@ mod tests {
         let key_only = NatsArgs { nats_tls_client_key: Some(password_file), ..NatsArgs::default() };
         assert_eq!(key_only.tls().err().map(|e| e.flag), Some("nats-tls-client-key"));
         Ok(())
-    }
-
-    #[test]
-    fn validation_names_the_flag() {
-        let mut config = UserServiceConfig::new("mysql://localhost/test");
-        assert_eq!(config.validate().map_err(|e| e.flag).err(), Some("db"));
-        config.database_url = "postgres://localhost/test?sslmode=require".into();
-        assert!(config.validate().is_ok());
-        config.db_max_connections = 0;
-        assert_eq!(config.validate().map_err(|e| e.flag).err(), Some("db-max-connections"));
-        config.db_max_connections = 1;
-        config.database_url = "sqlite::memory:".into();
-        assert!(config.validate().is_ok());
-        config.change_log_window = 0;
-        assert_eq!(config.validate().map_err(|e| e.flag).err(), Some("change-log-window"));
     }
 }

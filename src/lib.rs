@@ -4,6 +4,7 @@ pub mod auth;
 pub mod config;
 pub mod gateway;
 pub mod proto;
+pub mod settings;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;

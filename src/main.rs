@@ -8,9 +8,9 @@ use tokio_util::sync::CancellationToken;
 
 use portico::config::{
     Cli, Command, EventsCommand, EventsTailArgs, GatewayArgs, HealthcheckArgs, ServeArgs, UserServiceArgs,
-    UserServiceConfig,
 };
 use portico::proto::DESCRIPTOR_POOL;
+use portico::user_service::UserServiceConfig;
 use portico::{gateway, telemetry, user_service};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -17,7 +17,11 @@ use tonic::metadata::{
 use crate::gateway::error::GatewayError;
 
 const FORWARDED: [&str; 4] = ["authorization", "x-request-id", "traceparent", "tracestate"];
+/// Forwarded headers whose values are new on every request.
+const UNIQUE_PER_REQUEST: [&str; 2] = ["x-request-id", "traceparent"];
 const METADATA_PREFIX: &str = "grpc-metadata-";
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// Keys that belong to HTTP/2 and gRPC framing, never to an application: forwarded from
 /// `Grpc-Metadata-<key>`, they would corrupt the upstream request (e.g. a bogus content-length).
 const RESERVED: [&str; 10] = [
@@ -34,21 +38,33 @@ const RESERVED: [&str; 10] = [
 ];
 
 /// The upstream metadata for a request's headers; `peer` is the client's address, for `X-Forwarded-For`.
+///
+/// The forwarded headers keep their names and values (reference counts, not copies). Values that differ on
+/// every request (`x-request-id`, `traceparent`) are marked sensitive, which HPACK sends as "never indexed":
+/// indexing them would only churn both ends' dynamic tables, evicting the entries that do repeat.
 pub fn request_metadata(headers: &HeaderMap, peer: Option<SocketAddr>) -> Result<MetadataMap, GatewayError> {
-    let mut metadata = MetadataMap::new();
+    let mut forwarded = HeaderMap::new();
+    let mut from_prefix = Vec::new();
     for (name, value) in headers {
-        let name = name.as_str();
-        let key = if FORWARDED.contains(&name) {
-            name
-        } else if let Some(stripped) = name.strip_prefix(METADATA_PREFIX) {
-            stripped
-        } else {
-            continue;
-        };
-        if key.is_empty() || key.starts_with("grpc-") || RESERVED.contains(&key) {
-            continue;
+        if FORWARDED.contains(&name.as_str()) {
+            // gRPC's ASCII metadata is visible ASCII; HTTP also allows obs-text, which must not cross.
+            if value.to_str().is_err() {
+                return Err(GatewayError::BadRequest(format!(
+                    "header for metadata key {:?}: value must be visible ASCII",
+                    name.as_str()
+                )));
+            }
+            let mut value = value.clone();
+            if UNIQUE_PER_REQUEST.contains(&name.as_str()) {
+                value.set_sensitive(true);
+            }
+            forwarded.append(name.clone(), value);
+        } else if let Some(stripped) = name.as_str().strip_prefix(METADATA_PREFIX) {
+            if stripped.is_empty() || stripped.starts_with("grpc-") || RESERVED.contains(&stripped) {
+                continue;
+            }
+            from_prefix.push((stripped, value));
         }
-        insert(&mut metadata, key, value)?;
     }
     let forwarded_for = match (headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()), peer) {
         (Some(previous), Some(peer)) => Some(format!("{previous}, {}", peer.ip())),
@@ -56,11 +72,15 @@ pub fn request_metadata(headers: &HeaderMap, peer: Option<SocketAddr>) -> Result
         (Some(previous), None) => Some(previous.to_string()),
         (None, None) => None,
     };
-    if let Some(value) = forwarded_for.and_then(|v| AsciiMetadataValue::try_from(v).ok()) {
-        metadata.insert("x-forwarded-for", value);
+    if let Some(value) = forwarded_for.and_then(|v| HeaderValue::try_from(v).ok()) {
+        forwarded.insert(X_FORWARDED_FOR, value);
     }
-    if let Some(host) = headers.get(http::header::HOST).and_then(|v| AsciiMetadataValue::try_from(v.as_bytes()).ok()) {
-        metadata.insert("x-forwarded-host", host);
+    if let Some(host) = headers.get(http::header::HOST).filter(|v| v.to_str().is_ok()) {
+        forwarded.insert(X_FORWARDED_HOST, host.clone());
+    }
+    let mut metadata = MetadataMap::from_headers(forwarded);
+    for (key, value) in from_prefix {
+        insert(&mut metadata, key, value)?;
     }
     Ok(metadata)
 }

@@ -51,6 +51,7 @@ use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Pr
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 
+use crate::settings::ConfigError;
 use crate::telemetry::http::{HttpTelemetryLayer, RouteHint};
 use crate::upstream::{UpstreamConfig, UpstreamError};
 use catalog::{DescriptorSources, LiveCatalog, LoadError, Loader};
@@ -124,9 +125,42 @@ impl Default for GatewayConfig {
     }
 }
 
+impl GatewayConfig {
+    /// Checks the settings that their types cannot; [`start`] calls it, so a config built in code is checked
+    /// as one built from flags is. Errors name the flag that sets the value.
+    ///
+    /// # Errors
+    ///
+    /// The first setting out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.upstream.validate().map_err(|e| ConfigError { flag: "upstream-*", reason: e.to_string() })?;
+        for (flag, value) in [
+            ("upstream-connections", self.upstream.pool.connections_per_endpoint),
+            ("max-body-bytes", self.max_body_bytes),
+            ("max-json-depth", self.transcode.max_json_depth),
+            ("max-concurrent-requests", self.limits.max_concurrent_requests.unwrap_or(1)),
+            ("max-streams", self.limits.max_streams.unwrap_or(1)),
+        ] {
+            if value == 0 {
+                return Err(ConfigError { flag, reason: "must be at least 1".into() });
+            }
+        }
+        for (flag, value) in
+            [("header-read-timeout", self.header_read_timeout), ("sse-keep-alive", self.sse_keep_alive)]
+        {
+            if value.is_zero() {
+                return Err(ConfigError { flag, reason: "must be longer than 0".into() });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayStartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("cannot load the descriptors: {0}")]
     Descriptors(#[from] LoadError),
     #[error("invalid upstream: {0}")]
@@ -195,6 +229,7 @@ pub async fn start(
     config: GatewayConfig,
     shutdown: CancellationToken,
 ) -> Result<Gateway, GatewayStartError> {
+    config.validate()?;
     let cors = cors_layer(&config.cors_allowed_origins)?;
     let tls = config.tls.as_ref().map(|tls| tls::acceptor(tls, &shutdown)).transpose()?;
     let authenticate = match &config.auth {

@@ -1,5 +1,5 @@
-//! The gateway's HTTP server layer: one span per request (continuing the client's `traceparent`), the
-//! request log line, the `traceresponse` header, and the request metrics (duration by method, route template
+//! The gateway's HTTP server layer: one span per request when traces are exported (continuing the client's
+//! `traceparent`), the request log line (`access_log.rs`), the `traceresponse` header, and the request metrics (duration by method, route template
 //! and status; requests in flight; open streams; body bytes).
 //!
 //! The span and the metrics last as long as the response body: a server stream is one span and one
@@ -23,7 +23,10 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::gateway::handler::RoutedRpc;
 use crate::telemetry::metrics::{self, RequestLabels, RouteLabels};
-use crate::telemetry::traces;
+use crate::telemetry::{access_log, traces};
+
+/// The request id header, set (or kept from the client) by the layer in front of this one.
+const REQUEST_ID: &str = "x-request-id";
 
 /// Finds the route template of a request before it is handled, so the span can be named after it. Only
 /// called when traces are exported.
@@ -77,32 +80,14 @@ where
         let started = Instant::now();
         let method = method_label(request.method());
         let matched = request.extensions().get::<MatchedPath>().map(|path| path.as_str().to_owned());
-        let span = tracing::info_span!(
-            "http",
-            method = %request.method(),
-            path = %request.uri().path(),
-            otel.name = Empty,
-            otel.kind = Empty,
-            otel.status_code = Empty,
-            trace_id = Empty,
-        );
-        if traces::enabled() {
-            let route = matched.clone().or_else(|| (self.route_hint)(request.method(), request.uri().path()));
-            let name = match &route {
-                Some(route) => format!("{method} {route}"),
-                None => method.to_string(),
-            };
-            span.record("otel.name", name.as_str()).record("otel.kind", "server");
-            if let Some(trace_id) = traces::continue_trace(&span, request.headers()) {
-                span.record("trace_id", trace_id.as_str());
-            }
-            span.set_attribute("http.request.method", method.clone());
-            span.set_attribute("url.path", request.uri().path().to_owned());
-            span.set_attribute("url.scheme", "http");
-            if let Some(route) = route {
-                span.set_attribute("http.route", route);
-            }
-        }
+        let (span, trace_id) = if traces::enabled() {
+            self.server_span(&request, &method, matched.as_ref())
+        } else {
+            (tracing::Span::none(), None)
+        };
+        // What the request line needs from the request: a reference count on the path, a copy of the id.
+        let logged = access_log::enabled()
+            .then(|| (request.uri().clone(), request.headers().get(REQUEST_ID).cloned(), request.method().clone()));
         let gateway = metrics::gateway();
         gateway.requests_in_flight.inc();
         let in_flight = InFlight(gateway.requests_in_flight.clone());
@@ -116,21 +101,30 @@ where
             self.inner.call(request)
         };
         Box::pin(async move {
-            let response = tracing::Instrument::instrument(response, span.clone()).await?;
+            let response = if span.is_disabled() {
+                response.await?
+            } else {
+                tracing::Instrument::instrument(response, span.clone()).await?
+            };
             let status = response.status();
             let routed = response.extensions().get::<RoutedRpc>().cloned();
+            if let Some((uri, request_id, request_method)) = &logged {
+                access_log::write(&access_log::RequestLine {
+                    method: request_method.as_str(),
+                    path: uri.path(),
+                    status: status.as_u16(),
+                    duration: started.elapsed(),
+                    rpc: routed.as_ref().map_or("-", |routed| routed.0.rpc_name()),
+                    request_id: request_id.as_ref().map(HeaderValue::as_bytes),
+                    trace_id: trace_id.as_deref(),
+                });
+            }
             let route: Cow<'static, str> = match (&routed, matched) {
                 (Some(routed), _) => Cow::Owned(routed.0.template.as_str().to_owned()),
                 (None, Some(path)) => Cow::Owned(path),
                 (None, None) => Cow::Borrowed("unmatched"),
             };
-            span.in_scope(|| {
-                let rpc = routed.as_ref().map_or("-", |routed| routed.0.rpc_name());
-                let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-                // Under the gateway's target, as operators filter it (RUST_LOG=portico::gateway=info).
-                tracing::info!(target: "portico::gateway", status = status.as_u16(), duration_ms, rpc, "request");
-            });
-            if traces::enabled() {
+            if !span.is_disabled() {
                 span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
                 if status.is_server_error() {
                     span.record("otel.status_code", "error");
@@ -158,6 +152,44 @@ where
             };
             Ok(Response::from_parts(parts, Body::new(ObservedBody { inner: body, finished })))
         })
+    }
+}
+
+impl<S> HttpTelemetry<S> {
+    /// The request's server span, continuing the client's trace, and its trace id; only made when traces are
+    /// exported (the request line is not a span event, see `access_log.rs`).
+    fn server_span(
+        &self,
+        request: &Request<Body>,
+        method: &str,
+        matched: Option<&String>,
+    ) -> (tracing::Span, Option<String>) {
+        let span = tracing::info_span!(
+            "http",
+            method = %request.method(),
+            path = %request.uri().path(),
+            otel.name = Empty,
+            otel.kind = Empty,
+            otel.status_code = Empty,
+            trace_id = Empty,
+        );
+        let route = matched.cloned().or_else(|| (self.route_hint)(request.method(), request.uri().path()));
+        let name = match &route {
+            Some(route) => format!("{method} {route}"),
+            None => method.to_string(),
+        };
+        span.record("otel.name", name.as_str()).record("otel.kind", "server");
+        let trace_id = traces::continue_trace(&span, request.headers());
+        if let Some(trace_id) = &trace_id {
+            span.record("trace_id", trace_id.as_str());
+        }
+        span.set_attribute("http.request.method", method.to_owned());
+        span.set_attribute("url.path", request.uri().path().to_owned());
+        span.set_attribute("url.scheme", "http");
+        if let Some(route) = route {
+            span.set_attribute("http.route", route);
+        }
+        (span, trace_id)
     }
 }
 

@@ -3,8 +3,10 @@
 //! UserService's gRPC server span (`grpc.rs`). The upstream call (one client span per attempt) and the store
 //! (one span per statement) use the helpers of `grpc.rs` and `store.rs`.
 
+pub mod access_log;
 pub mod grpc;
 pub mod http;
+pub mod log_sink;
 mod logs;
 pub mod metrics;
 pub mod store;
@@ -26,7 +28,8 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Exports the spans still queued (within the exporter's timeout), off the async threads.
+    /// Exports the spans still queued (within the exporter's timeout), off the async threads, and writes the
+    /// log lines still buffered.
     pub async fn shutdown(mut self) {
         if let Some(provider) = self.provider.take() {
             let finished = tokio::task::spawn_blocking(move || provider.shutdown()).await;
@@ -44,6 +47,7 @@ impl Drop for Telemetry {
         {
             tracing::warn!(%error, "trace export did not finish at shutdown");
         }
+        log_sink::flush();
     }
 }
 

@@ -328,6 +328,10 @@ pub fn request<T>(metadata: MetadataMap, message: T, time_left: Option<Duration>
     let mut request = tonic::Request::from_parts(metadata, Extensions::default(), message);
     if let Some(time_left) = time_left {
         request.set_timeout(time_left);
+        // A new value on every call: sent "never indexed", so it does not churn HPACK's dynamic tables.
+        if let Some(value) = request.metadata_mut().get_mut("grpc-timeout") {
+            value.set_sensitive(true);
+        }
     }
     request
 }

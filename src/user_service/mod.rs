@@ -2,6 +2,7 @@
 //! change feed. [`serve`] runs it with grpc.health.v1 and server reflection on one listener.
 
 mod auth;
+mod config;
 mod error;
 mod events;
 pub mod filter;
@@ -24,13 +25,13 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+pub use config::UserServiceConfig;
 pub use events::FeedConfig;
 pub use layers::{CallLog, CallLogLayer, LoggedBody, code_name};
 pub use service::{DEFAULT_PAGE_SIZE, MAX_BATCH_ITEMS, MAX_PAGE_SIZE, UserServiceImpl};
 pub use tls::ServiceTls;
 
 use crate::auth::policy::Policy;
-use crate::config::UserServiceConfig;
 use crate::proto::user::user_service_server::UserServiceServer;
 use crate::proto::{DESCRIPTOR_POOL, FILE_DESCRIPTOR_SET};
 use crate::telemetry::store::ObservedStore;
@@ -46,6 +47,8 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Why the service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] crate::settings::ConfigError),
     #[error("cannot open the database: {0}")]
     Store(#[from] StoreError),
     #[error("invalid password hashing parameters: {0}")]
@@ -67,12 +70,13 @@ pub enum ServeError {
 /// calls are still served, so that load balancers (the gateway's health checks, a Kubernetes endpoint update)
 /// stop sending work before the listener closes. Only then does the server stop accepting and drain.
 ///
-/// Fails when the database cannot be opened or migrated, or the server cannot run.
+/// Fails when the settings are invalid, the database cannot be opened or migrated, or the server cannot run.
 pub async fn serve(
     config: &UserServiceConfig,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    config.validate()?;
     let options = StoreOptions {
         change_log_window: config.change_log_window,
         max_connections: config.db_max_connections,

@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use portico::config::UserServiceConfig;
 use portico::proto::user::user_service_client::UserServiceClient;
 use portico::proto::user::{CreateUserRequest, User};
+use portico::user_service::UserServiceConfig;
 use portico::user_service::password::HashCost;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
