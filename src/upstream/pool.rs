@@ -1,8 +1,12 @@
 //! The HTTP/2 connections to one endpoint.
 //!
 //! Each endpoint gets several connections, so one connection's concurrent-stream limit or head-of-line
-//! blocking does not cap throughput. A call takes the connection with the fewest outstanding calls. Connections
-//! are opened lazily, on first use, and re-opened by tonic when they fail.
+//! blocking does not cap throughput. But every call spread onto its own connection is a system call of its
+//! own at both ends, while calls that share a connection go out together: HTTP/2 writes whatever frames are
+//! ready in one go. So a call takes the first connection with fewer than [`SPILL_AT`] calls outstanding, and
+//! only when all are that busy the least busy one: a light load shares one connection (like gRPC's own
+//! clients, which use one per address), a heavy one spreads over all. Connections are opened lazily, on first
+//! use, and re-opened by tonic when they fail.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -73,6 +77,10 @@ pub fn endpoint(address: &Uri, config: &PoolConfig) -> Endpoint {
     config.tls.apply(address, endpoint)
 }
 
+/// Outstanding calls on a connection beyond which the next call tries the next connection: well below the
+/// 100 concurrent streams HTTP/2 servers commonly allow, so that calls do not queue for a stream slot.
+pub const SPILL_AT: usize = 64;
+
 struct Connection {
     channel: Channel,
     outstanding: AtomicUsize,
@@ -93,13 +101,17 @@ impl ConnectionPool {
         Self { connections }
     }
 
-    /// Takes the connection with the fewest outstanding calls (the first of equals), counting the call on it
-    /// until [`Self::release`].
+    /// Takes the first connection with fewer than [`SPILL_AT`] outstanding calls, or else the one with the
+    /// fewest (the first of equals), counting the call on it until [`Self::release`].
     pub fn acquire(&self) -> usize {
         let mut best = 0;
         let mut best_load = usize::MAX;
         for (index, connection) in self.connections.iter().enumerate() {
             let load = connection.outstanding.load(Ordering::Relaxed);
+            if load < SPILL_AT {
+                best = index;
+                break;
+            }
             if load < best_load {
                 best = index;
                 best_load = load;
@@ -131,14 +143,26 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn calls_go_to_the_least_busy_connection_and_release_it() -> Result<(), InvalidUrl> {
+    async fn calls_share_a_connection_until_it_is_busy_then_go_to_the_least_busy() -> Result<(), InvalidUrl> {
         let config = PoolConfig { connections_per_endpoint: 3, ..PoolConfig::default() };
         let pool = ConnectionPool::new(&parse_url("http://127.0.0.1:1")?, &config);
-        let taken: Vec<usize> = (0..6).map(|_| pool.acquire()).collect();
-        assert_eq!(taken, [0, 1, 2, 0, 1, 2]);
-        pool.release(1);
-        pool.release(1);
+        let taken: Vec<usize> = (0..SPILL_AT).map(|_| pool.acquire()).collect();
+        assert!(taken.iter().all(|&index| index == 0), "a light load shares the first connection");
+        let taken: Vec<usize> = (0..SPILL_AT + 2).map(|_| pool.acquire()).collect();
+        assert!(taken[..SPILL_AT].iter().all(|&index| index == 1), "then the next one");
+        assert_eq!(taken[SPILL_AT..], [2, 2]);
+        let taken: Vec<usize> = (0..SPILL_AT - 2).map(|_| pool.acquire()).collect();
+        assert!(taken.iter().all(|&index| index == 2), "{taken:?}");
+        // Every connection is at the threshold: the least busy one, the first of equals.
+        assert_eq!(pool.acquire(), 0);
         assert_eq!(pool.acquire(), 1);
+        pool.release(2);
+        assert_eq!(pool.acquire(), 2);
+        // Calls released on the first connection bring it under the threshold again.
+        for _ in 0..2 {
+            pool.release(0);
+        }
+        assert_eq!(pool.acquire(), 0);
         Ok(())
     }
 
