@@ -1,6 +1,7 @@
 //! Portico: a REST-to-gRPC gateway driven by `google.api.http` annotations, and the UserService it fronts.
 
 pub mod auth;
+pub mod civil_date;
 pub mod config;
 pub mod gateway;
 pub mod proto;

@@ -15,6 +15,7 @@
 mod body;
 mod field_mask;
 pub mod http_body;
+mod json_out;
 mod query;
 mod response;
 

@@ -23,11 +23,10 @@ pub fn response_json(route: &Route, message: &DynamicMessage) -> Result<Vec<u8>,
     }
 }
 
-/// Canonical proto3 JSON of a message.
+/// Canonical proto3 JSON of a message (see `json_out.rs`).
 pub fn message_json(message: &DynamicMessage) -> Result<Vec<u8>, GatewayError> {
     let mut out = Vec::with_capacity(256);
-    let mut serializer = serde_json::Serializer::new(&mut out);
-    message.serialize_with_options(&mut serializer, &SERIALIZE).map_err(internal)?;
+    super::json_out::write_message(&mut out, message).map_err(internal)?;
     Ok(out)
 }
 

@@ -1,0 +1,50 @@
+//! Calendar dates from day counts, for the timestamps Portico prints itself (log lines, proto3 JSON): both need
+//! `YYYY-MM-DD` for a count of days since the Unix epoch, and a calendar library for one function is not worth
+//! its weight.
+
+/// The proleptic Gregorian `(year, month, day)` of a day count since 1970-01-01, negative before it
+/// (Howard Hinnant's `civil_from_days`).
+pub fn from_days(days: i64) -> (i64, i64, i64) {
+    // Shift the epoch to 0000-03-01, so that each 400-year era's leap days fall at the end of its years.
+    let days = days + 719_468;
+    let era = days.div_euclid(146_097);
+    let day_of_era = days.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    (era * 400 + year_of_era + i64::from(month <= 2), month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_days() {
+        assert_eq!(from_days(0), (1970, 1, 1));
+        assert_eq!(from_days(-1), (1969, 12, 31));
+        assert_eq!(from_days(11_016), (2000, 2, 29));
+        assert_eq!(from_days(20_787), (2026, 11, 30));
+        assert_eq!(from_days(2_932_896), (9999, 12, 31));
+        assert_eq!(from_days(-719_162), (1, 1, 1));
+    }
+
+    #[test]
+    fn every_day_of_four_centuries_follows_the_one_before() {
+        let (mut year, mut month, mut day) = (1801, 1, 1);
+        for days in -61_726..(146_097 - 61_726) {
+            assert_eq!(from_days(days), (year, month, day), "day {days}");
+            let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+            let length = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][month as usize - 1];
+            day += 1;
+            if day > length {
+                (day, month) = (1, month + 1);
+                if month > 12 {
+                    (month, year) = (1, year + 1);
+                }
+            }
+        }
+    }
+}
