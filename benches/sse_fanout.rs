@@ -87,6 +87,10 @@ struct Settings {
     #[arg(long, env = "BENCH_SSE_GATEWAY_WRAPPER", default_value = "")]
     gateway_wrapper: String,
 
+    /// A command the UserService runs under, as `--gateway-wrapper`.
+    #[arg(long, env = "BENCH_SSE_USER_SERVICE_WRAPPER", default_value = "")]
+    user_service_wrapper: String,
+
     /// An extra flag for the UserService (repeatable).
     #[arg(long = "user-service-arg", allow_hyphen_values = true)]
     user_service_args: Vec<String>,
@@ -138,7 +142,7 @@ async fn run(settings: Settings) -> Result<(), BoxError> {
     let mut gateway = Server::start(
         "gateway",
         "gateway listening",
-        &settings.gateway_wrapper.split_whitespace().map(str::to_string).collect::<Vec<_>>(),
+        &words(&settings.gateway_wrapper),
         &gateway_args,
         &settings.log_filter,
     )?;
@@ -252,7 +256,17 @@ fn start_user_service(settings: &Settings, db: &Path) -> Result<Server, BoxError
     // A cheap hash, so the create's delay is the fan-out's and not argon2's (the default cost takes tens of ms).
     args.extend(["--password-hash-memory-kib", "1024", "--password-hash-iterations", "1"].map(OsString::from));
     args.extend(settings.user_service_args.iter().map(Into::into));
-    Server::start("user-service", "user service listening", &[], &args, &settings.log_filter)
+    Server::start(
+        "user-service",
+        "user service listening",
+        &words(&settings.user_service_wrapper),
+        &args,
+        &settings.log_filter,
+    )
+}
+
+fn words(command: &str) -> Vec<String> {
+    command.split_whitespace().map(str::to_string).collect()
 }
 
 /// Raises the soft open-files limit to the hard one and returns it. One watcher takes one descriptor here.
