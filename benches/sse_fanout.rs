@@ -214,11 +214,11 @@ async fn run(settings: Settings) -> Result<(), BoxError> {
                     Ok(None) | Err(_) => break,
                 },
             };
-            if let Report::Created { ordinal: of, at } = report {
-                if let Some(count) = received.get_mut(of) {
-                    *count += 1;
-                    delays_us.push(u64::try_from(at.saturating_duration_since(sent).as_micros()).unwrap_or(u64::MAX));
-                }
+            if let Report::Created { ordinal: of, at } = report
+                && let Some(count) = received.get_mut(of)
+            {
+                *count += 1;
+                delays_us.push(u64::try_from(at.saturating_duration_since(sent).as_micros()).unwrap_or(u64::MAX));
             }
         }
     }
