@@ -26,6 +26,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    raise_open_files_limit();
     let code = match run(command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -175,6 +176,21 @@ async fn healthcheck(args: &HealthcheckArgs) -> Result<(), BoxError> {
         .map_err(|_| format!("no answer from {} within {:?}", args.url, args.timeout))??;
     let status = head.split_whitespace().nth(1).unwrap_or_default().to_string();
     if status == "200" { Ok(()) } else { Err(format!("{} answered {status:?}", args.url).into()) }
+}
+
+/// Raises the soft limit on open files to the hard limit. Every client connection and every open SSE or NDJSON
+/// stream holds a descriptor, and the usual soft limit of 1024 would cap a gateway at about a thousand
+/// watchers, while the hard limit is what the administrator allows (systemd's `LimitNOFILE=`, `ulimit -Hn`).
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return;
+    }
+    match setrlimit(Resource::Nofile, Rlimit { current: limit.maximum, maximum: limit.maximum }) {
+        Ok(()) => tracing::debug!(from = ?limit.current, to = ?limit.maximum, "raised the open-files limit"),
+        Err(error) => tracing::warn!(%error, limit = ?limit.current, "cannot raise the open-files limit"),
+    }
 }
 
 /// A wildcard listen address is reached over loopback.

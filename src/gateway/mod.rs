@@ -17,6 +17,7 @@ pub mod admin;
 pub mod auth;
 pub mod catalog;
 pub mod clusters;
+mod compression;
 pub mod error;
 pub mod handler;
 mod json_check;
@@ -269,6 +270,7 @@ pub async fn start(
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(HttpTelemetryLayer::new(route_hint(&catalog)))
         .option_layer(cors)
+        .map_response(compression::unwrap_unencoded)
         .layer(CompressionLayer::new().compress_when(compress))
         .layer(CatchPanicLayer::custom(|_| {
             GatewayError::Upstream(tonic::Status::internal("internal error in the gateway")).into_response()

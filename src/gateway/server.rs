@@ -1,20 +1,96 @@
 //! The accept loop: HTTP/1.1 and h2c on one listener (or, with TLS, HTTP/1.1 and h2 by ALPN), with a header
 //! read timeout and a graceful drain.
+//!
+//! A connection's protocol is decided first (by peeking for the HTTP/2 preface, or from ALPN), then hyper's own
+//! HTTP/1 or HTTP/2 connection serves it. hyper-util's auto connection would decide by reading the first bytes
+//! and handing them back, which costs a long-lived SSE watcher on HTTP/1.1 memory for its whole life: hyper's
+//! read buffer gets only those bytes on its first read, needs a second read for the rest of the request and
+//! doubles from 8 to 16 KiB, and the connection's task is sized for the larger HTTP/2 state.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::gateway::GatewayConfig;
+
+/// What a client sends first to speak HTTP/2 without TLS ("prior knowledge", RFC 9113 §3.3).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// How long to wait before peeking again at a connection that has sent only part of the preface.
+const PREFACE_RETRY: Duration = Duration::from_millis(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// The connection settings, built once.
+#[derive(Clone)]
+struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(config: &GatewayConfig) -> Self {
+        let mut http1 = http1::Builder::new();
+        http1.timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2.timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
+        Self { http1, http2 }
+    }
+
+    /// Serves `io` on a task of its own, sized for its protocol only.
+    fn spawn<I>(&self, io: I, protocol: Protocol, router: &Router, peer: SocketAddr, watcher: Watcher)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        // The router is built once; a connection only tags its requests with the peer address (for
+        // X-Forwarded-For), rather than layering the whole router again.
+        let router = router.clone();
+        let service = tower::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+            router.clone().oneshot(request)
+        });
+        let service = TowerToHyperService::new(service);
+        match protocol {
+            Protocol::Http1 => {
+                tokio::spawn(finish(watcher.watch(self.http1.serve_connection(io, service)), peer));
+            }
+            Protocol::Http2 => {
+                tokio::spawn(finish(watcher.watch(self.http2.serve_connection(io, service)), peer));
+            }
+        }
+    }
+}
+
+/// Whether a plain-text connection starts with the HTTP/2 preface. Peeked, not read, so that hyper's HTTP/1
+/// parser reads the whole request itself. A connection that closes first counts as HTTP/1 (hyper sees the end).
+async fn sniff(stream: &TcpStream) -> std::io::Result<Protocol> {
+    let mut start = [0u8; H2_PREFACE.len()];
+    loop {
+        let peeked = stream.peek(&mut start).await?;
+        if peeked == 0 || start[..peeked] != H2_PREFACE[..peeked] {
+            return Ok(Protocol::Http1);
+        }
+        if peeked == H2_PREFACE.len() {
+            return Ok(Protocol::Http2);
+        }
+        // A part of the preface so far. Peeking again at once would find the same bytes, so wait a little; the
+        // caller's timeout ends a client that never sends the rest.
+        tokio::time::sleep(PREFACE_RETRY).await;
+    }
+}
 
 async fn finish<E: std::fmt::Display>(connection: impl Future<Output = Result<(), E>>, peer: SocketAddr) {
     if let Err(error) = connection.await {
@@ -52,10 +128,8 @@ async fn accept_loop(
 ) {
     let handshake_timeout = config.header_read_timeout;
     let drain_timeout = config.drain_timeout;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout);
-    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builders = Builders::new(config);
+    let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -69,28 +143,27 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        // The router is built once; a connection only tags its requests with the peer address (for
-        // X-Forwarded-For), rather than layering the whole router again.
-        let router = router.clone();
-        let service = tower::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-            router.clone().oneshot(request)
-        });
-        let service = TowerToHyperService::new(service);
-        let (builder, watcher) = (builder.clone(), graceful.watcher());
-        let Some(tls) = tls.clone() else {
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-            tokio::spawn(finish(watcher.watch(connection), peer));
-            continue;
-        };
+        let (builders, router, watcher, tls) = (builders.clone(), router.clone(), graceful.watcher(), tls.clone());
+        // The protocol is found on a task of its own, so a slow client holds up nobody else; the connection is
+        // then served on a task sized for its protocol.
         tokio::spawn(async move {
+            let Some(tls) = tls else {
+                match tokio::time::timeout(handshake_timeout, sniff(&stream)).await {
+                    Ok(Ok(protocol)) => builders.spawn(TokioIo::new(stream), protocol, &router, peer, watcher),
+                    Ok(Err(error)) => tracing::debug!(%error, %peer, "connection failed before its first request"),
+                    Err(_) => tracing::debug!(%peer, "no request within the header read timeout"),
+                }
+                return;
+            };
             let stream = match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(error)) => return tracing::debug!(%error, %peer, "TLS handshake failed"),
                 Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
             };
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-            finish(watcher.watch(connection), peer).await;
+            // Over TLS, HTTP/2 is chosen by ALPN (RFC 9113 §3.2); a client that did not ask for it speaks HTTP/1.1.
+            let protocol =
+                if stream.get_ref().1.alpn_protocol() == Some(b"h2") { Protocol::Http2 } else { Protocol::Http1 };
+            builders.spawn(TokioIo::new(stream), protocol, &router, peer, watcher);
         });
     }
     drop(listener);

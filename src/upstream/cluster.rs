@@ -17,6 +17,7 @@ use tonic::transport::Uri;
 
 use crate::upstream::balancer::{Balancer, NoEndpoint};
 use crate::upstream::call::{self, Attempts, CallError, CallOptions, GrpcMethod, RequestReplay};
+use crate::upstream::codec;
 use crate::upstream::discovery::{self, MIN_RERESOLVE_INTERVAL, Target, TargetError};
 use crate::upstream::dns::DnsResolver;
 use crate::upstream::endpoint::{EndpointSnapshot, Lease, unix_secs};
@@ -199,7 +200,8 @@ impl Upstream {
     ) -> Result<(tonic::Response<Streaming<DynamicMessage>>, Lease), CallError> {
         call::with_retries(&*self.inner, method.path.as_str(), options, None, |mut grpc, metadata, time_left| {
             let request = call::request(metadata, Ok(message.clone()), time_left);
-            let (path, codec) = (method.path.clone(), method.codec());
+            let codec = method.codec().with_decode_buffer(codec::STREAM_DECODE_BUFFER);
+            let path = method.path.clone();
             async move { grpc.server_streaming(request, path, codec).await }
         })
         .await

@@ -4,7 +4,12 @@
 use bytes::{BufMut, Bytes};
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tonic::Status;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+/// The decode buffer a server stream starts with. tonic allocates its default of 8 KiB for every call and keeps
+/// it for the call's life; a server stream lives as long as its watcher, while its messages (a change event)
+/// are a few hundred bytes. The buffer grows when a message needs more, and keeps that size.
+pub const STREAM_DECODE_BUFFER: usize = 512;
 
 /// Sends encoded requests; decodes responses as `response` messages.
 ///
@@ -15,11 +20,21 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 #[derive(Debug, Clone)]
 pub struct DynamicCodec {
     response: MessageDescriptor,
+    /// tonic's buffer settings, or its defaults when None.
+    buffers: Option<BufferSettings>,
 }
 
 impl DynamicCodec {
     pub fn new(response: MessageDescriptor) -> Self {
-        Self { response }
+        Self { response, buffers: None }
+    }
+
+    /// Starts the response decode buffer at `bytes` instead of tonic's 8 KiB (see [`STREAM_DECODE_BUFFER`]).
+    #[must_use]
+    pub fn with_decode_buffer(self, bytes: usize) -> Self {
+        // The yield threshold only concerns encoding: tonic's default. A zero buffer size would make tonic's
+        // decompression grow its output by nothing, so at least one byte.
+        Self { buffers: Some(BufferSettings::new(bytes.max(1), 32 * 1024)), ..self }
     }
 }
 
@@ -34,7 +49,7 @@ impl Codec for DynamicCodec {
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        DynamicDecoder { response: self.response.clone() }
+        DynamicDecoder { response: self.response.clone(), buffers: self.buffers }
     }
 }
 
@@ -55,6 +70,7 @@ impl Encoder for DynamicEncoder {
 #[derive(Debug)]
 pub struct DynamicDecoder {
     response: MessageDescriptor,
+    buffers: Option<BufferSettings>,
 }
 
 impl Decoder for DynamicDecoder {
@@ -65,5 +81,9 @@ impl Decoder for DynamicDecoder {
         DynamicMessage::decode(self.response.clone(), src)
             .map(Some)
             .map_err(|e| Status::internal(format!("upstream sent an undecodable {}: {e}", self.response.full_name())))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        self.buffers.unwrap_or_default()
     }
 }
