@@ -390,7 +390,10 @@ async fn a_collector_that_never_answers_costs_a_bounded_queue_and_a_drop_count()
     let page = loop {
         let page = scrape(admin).await?;
         let dropped = sample(&page, r#"portico_trace_spans_dropped_total{reason="queue_full"}"#);
-        let kept = (2 * requests) as f64 - dropped;
+        // On a loaded machine the requests can outlast the export timeout: a batch that timed out is
+        // dropped too (and counted), and its room in the queue taken by later spans.
+        let failed = sample(&page, r#"portico_trace_spans_dropped_total{reason="export_failed"}"#);
+        let kept = (2 * requests) as f64 - dropped - failed;
         if kept <= bound || Instant::now() > settle_by {
             assert!(dropped > 0.0, "{page}");
             assert!(kept <= bound, "{kept} spans kept, more than the bound {bound}");
