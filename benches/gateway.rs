@@ -8,8 +8,10 @@
 //! the requests and the CPU spread over them. A sixth (`--postgres-replicas`, 2 by default, 0 skips it; see
 //! gateway/postgres.rs) runs REST creates and gets through a gateway over replicas that share a PostgreSQL
 //! database the benchmark creates and drops, publishing to a NATS server it starts when there is one, and adds
-//! the events published per second and the relay's lag. It prints a table and writes the same figures to
-//! `target/bench/gateway.json`.
+//! the events published per second and the relay's lag. The tracing phase (`--tracing-phase`, on by default,
+//! `false` skips it; see gateway/tracing.rs) runs REST GET through a fresh gateway and UserService with tracing
+//! off and again with both exporting every trace to an OTLP collector inside the benchmark, and reports the CPU
+//! per request of each mode. It prints a table and writes the same figures to `target/bench/gateway.json`.
 //!
 //! Run it with `scripts/bench.sh` or `cargo bench --bench gateway`. `scripts/bench.sh --help` lists the options,
 //! and each can also be set by a `BENCH_*` environment variable. `PORTICO_*` variables reach both servers, so
@@ -47,6 +49,8 @@ use tonic::transport::Channel;
 mod postgres;
 #[path = "gateway/services.rs"]
 mod services;
+#[path = "gateway/tracing.rs"]
+mod tracing;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type HttpSender = SendRequest<Full<Bytes>>;
@@ -127,6 +131,11 @@ struct Settings {
     #[arg(long, env = "BENCH_NATS_SERVER", default_value = "nats-server")]
     nats_server: String,
 
+    /// The tracing phase: REST GET with tracing off, then with both servers exporting every trace
+    /// (`--otlp-endpoint` at a collector inside the benchmark, `--trace-sample-ratio 1.0`); false skips it.
+    #[arg(long, env = "BENCH_TRACING_PHASE", default_value_t = true, action = clap::ArgAction::Set)]
+    tracing_phase: bool,
+
     /// Passed by `cargo bench` to every benchmark, and not by `cargo test --all-targets`, which then skips it.
     #[arg(long, hide = true)]
     bench: bool,
@@ -165,6 +174,9 @@ enum Phase {
     /// REST POST and GET through a gateway in front of UserServices on one PostgreSQL database (postgres.rs).
     PgRestPost,
     PgRestGet,
+    /// REST GET through a fresh gateway and UserService without and with trace export (tracing.rs).
+    RestGetTracingOff,
+    RestGetTracingOn,
 }
 
 impl Phase {
@@ -179,6 +191,8 @@ impl Phase {
             Phase::RestGetReplicas => "REST GET, replicas",
             Phase::PgRestPost => "REST POST, PostgreSQL",
             Phase::PgRestGet => "REST GET, PostgreSQL",
+            Phase::RestGetTracingOff => "REST GET, tracing off",
+            Phase::RestGetTracingOn => "REST GET, tracing on 1.0",
         }
     }
 
@@ -191,6 +205,8 @@ impl Phase {
             Phase::RestGetReplicas => "rest_get_replicas",
             Phase::PgRestPost => "pg_rest_post",
             Phase::PgRestGet => "pg_rest_get",
+            Phase::RestGetTracingOff => "rest_get_tracing_off",
+            Phase::RestGetTracingOn => "rest_get_tracing_on",
         }
     }
 }
@@ -309,7 +325,14 @@ async fn run(settings: Settings) -> Result<(), BoxError> {
     drop(target);
     drop(gateway);
     drop(user_service);
-    // The replica phase starts its own servers; the ones above are stopped so they take no share of the cores.
+    // The phases below start their own servers; the ones above are stopped so they take no share of the cores.
+    let tracing = if settings.tracing_phase {
+        let result = tracing::run(&settings, dir.path(), ticks_per_sec).await?;
+        result.print();
+        Some(result)
+    } else {
+        None
+    };
     let replicas = if settings.replicas == 0 {
         None
     } else {
@@ -343,11 +366,13 @@ async fn run(settings: Settings) -> Result<(), BoxError> {
             "server_log_filter": settings.log_filter,
             "replicas": settings.replicas,
             "postgres_replicas": settings.postgres_replicas,
+            "tracing_phase": settings.tracing_phase,
         },
         "phases": results.iter().map(PhaseResult::to_json).collect::<Vec<_>>(),
         "key_ratio": { "name": "gateway CPU per REST GET / UserService CPU per REST GET", "value": key_ratio,
                        "target_max": TARGET_RATIO, "pass": key_ratio.map(|r| r <= TARGET_RATIO) },
         "gateway_to_direct_grpc_client_cpu_ratio": client_ratio,
+        "tracing": tracing.as_ref().map(tracing::TracingResult::to_json),
         "rest_get_replicas": replicas.as_ref().map(ReplicaResult::to_json),
         "postgres": postgres.as_ref().map(postgres::PostgresResult::to_json),
     });
@@ -371,22 +396,31 @@ fn print_table_header(service: &str) {
 
 /// Starts `portico user-service` on `listen` with the benchmark's password-hashing cost.
 fn start_user_service(name: &str, settings: &Settings, listen: SocketAddr, db: &Path) -> Result<Server, BoxError> {
-    Server::start(
-        name,
-        &["user service listening"],
-        &[
-            "user-service".into(),
-            "--listen".into(),
-            listen.to_string().into(),
-            "--db".into(),
-            db.into(),
-            "--password-hash-memory-kib".into(),
-            settings.hash_memory_kib.to_string().into(),
-            "--password-hash-iterations".into(),
-            settings.hash_iterations.to_string().into(),
-        ],
-        &settings.log_filter,
-    )
+    start_user_service_with(name, &["user service listening"], settings, listen, db, &[])
+}
+
+/// [`start_user_service`] with `extra` arguments, waiting for the log lines of `markers`.
+fn start_user_service_with(
+    name: &str,
+    markers: &[&'static str],
+    settings: &Settings,
+    listen: SocketAddr,
+    db: &Path,
+    extra: &[OsString],
+) -> Result<Server, BoxError> {
+    let mut args: Vec<OsString> = vec![
+        "user-service".into(),
+        "--listen".into(),
+        listen.to_string().into(),
+        "--db".into(),
+        db.into(),
+        "--password-hash-memory-kib".into(),
+        settings.hash_memory_kib.to_string().into(),
+        "--password-hash-iterations".into(),
+        settings.hash_iterations.to_string().into(),
+    ];
+    args.extend_from_slice(extra);
+    Server::start(name, markers, &args, &settings.log_filter)
 }
 
 /// The REST GET phase again, through a new gateway that balances over `settings.replicas` UserService replicas.
@@ -733,7 +767,11 @@ async fn one_request(
     rng: &mut fastrand::Rng,
 ) -> Result<(), BoxError> {
     match phase {
-        Phase::RestGet | Phase::RestGetReplicas | Phase::PgRestGet => {
+        Phase::RestGet
+        | Phase::RestGetReplicas
+        | Phase::PgRestGet
+        | Phase::RestGetTracingOff
+        | Phase::RestGetTracingOn => {
             let id = target.ids[rng.usize(..target.ids.len())];
             let path = format!("/v1/users/{id}");
             http_call(target.gateway, &target.host, http, Method::GET, &path, None).await?;
@@ -1112,6 +1150,8 @@ impl Server {
             .env("RUST_LOG", log_filter)
             // The address is parsed from the text format.
             .env_remove("PORTICO_LOG_FORMAT")
+            // Tracing is on only where a phase asks for it with --otlp-endpoint (the tracing phase).
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
