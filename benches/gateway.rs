@@ -9,9 +9,9 @@
 //! gateway/postgres.rs) runs REST creates and gets through a gateway over replicas that share a PostgreSQL
 //! database the benchmark creates and drops, publishing to a NATS server it starts when there is one, and adds
 //! the events published per second and the relay's lag. The tracing phase (`--tracing-phase`, on by default,
-//! `false` skips it; see gateway/tracing.rs) runs REST GET through a fresh gateway and UserService with tracing
-//! off and again with both exporting every trace to an OTLP collector inside the benchmark, and reports the CPU
-//! per request of each mode. It prints a table and writes the same figures to `target/bench/gateway.json`.
+//! `false` skips it; see gateway/tracing.rs) runs REST GET, alternating, through a gateway and UserService with
+//! tracing off and through a pair that exports every trace to an OTLP collector inside the benchmark, and
+//! reports the CPU per request of each mode. It prints a table and writes the same figures to `target/bench/gateway.json`.
 //!
 //! Run it with `scripts/bench.sh` or `cargo bench --bench gateway`. `scripts/bench.sh --help` lists the options,
 //! and each can also be set by a `BENCH_*` environment variable. `PORTICO_*` variables reach both servers, so
@@ -136,6 +136,10 @@ struct Settings {
     #[arg(long, env = "BENCH_TRACING_PHASE", default_value_t = true, action = clap::ArgAction::Set)]
     tracing_phase: bool,
 
+    /// Measurements of each mode in the tracing phase, alternating tracing off and on; the figures are their sums.
+    #[arg(long, env = "BENCH_TRACING_ROUNDS", default_value_t = 2)]
+    tracing_rounds: usize,
+
     /// Passed by `cargo bench` to every benchmark, and not by `cargo test --all-targets`, which then skips it.
     #[arg(long, hide = true)]
     bench: bool,
@@ -148,6 +152,9 @@ impl Settings {
         }
         if self.workers == 0 || self.users == 0 || self.grpc_connections == 0 {
             return Err("--workers, --users and --grpc-connections must be at least 1".into());
+        }
+        if self.tracing_phase && self.tracing_rounds == 0 {
+            return Err("--tracing-rounds must be at least 1 (--tracing-phase false skips the phase)".into());
         }
         if self.postgres_replicas == 1 {
             return Err("--postgres-replicas must be 0 (skip the phase) or at least 2".into());
@@ -174,7 +181,7 @@ enum Phase {
     /// REST POST and GET through a gateway in front of UserServices on one PostgreSQL database (postgres.rs).
     PgRestPost,
     PgRestGet,
-    /// REST GET through a fresh gateway and UserService without and with trace export (tracing.rs).
+    /// REST GET through a gateway and UserService pair without, and one with, trace export (tracing.rs).
     RestGetTracingOff,
     RestGetTracingOn,
 }
@@ -367,6 +374,7 @@ async fn run(settings: Settings) -> Result<(), BoxError> {
             "replicas": settings.replicas,
             "postgres_replicas": settings.postgres_replicas,
             "tracing_phase": settings.tracing_phase,
+            "tracing_rounds": settings.tracing_rounds,
         },
         "phases": results.iter().map(PhaseResult::to_json).collect::<Vec<_>>(),
         "key_ratio": { "name": "gateway CPU per REST GET / UserService CPU per REST GET", "value": key_ratio,

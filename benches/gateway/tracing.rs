@@ -1,7 +1,7 @@
-//! The tracing phase (issue 10): what exporting every trace costs. The REST GET load runs twice, on a fresh
-//! UserService and gateway each time, over one seeded database: first with tracing off, then with both
-//! processes started with `--otlp-endpoint` at an OTLP/gRPC collector that the benchmark runs in-process and
-//! `--trace-sample-ratio 1.0`, so every request is one exported trace of four spans (the gateway's server and
+//! The tracing phase (issue 10): what exporting every trace costs. The REST GET load runs through two pairs of
+//! a gateway and a UserService over one seeded database, alternating for `--tracing-rounds` rounds: one pair
+//! with tracing off, the other with both processes started with `--otlp-endpoint` at an OTLP/gRPC collector
+//! that the benchmark runs in-process and `--trace-sample-ratio 1.0`, so every request is one exported trace of four spans (the gateway's server and
 //! client spans, the UserService's server span, the store's span). It reports each process's CPU per request in
 //! both modes, the ratio (the target is at most 1.25×), the spans the collector received, and the spans the
 //! processes report as exported or dropped on their /metrics.
@@ -25,8 +25,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Channel;
 
 use super::{
-    BoxError, Phase, PhaseResult, Proc, Server, Settings, Target, cell, cpu_snapshot, drive, fmt_ratio, http_call,
-    print_table_header, ratio, seed, start_user_service_with, wait_until_ready,
+    BoxError, Phase, PhaseResult, Proc, Server, Settings, Tally, Target, cell, cpu_snapshot, drive, fmt_ratio,
+    http_call, print_table_header, ratio, seed, start_user_service_with, wait_until_ready,
 };
 
 /// Tracing on may cost at most this many times the CPU per request of tracing off, in each process.
@@ -143,6 +143,8 @@ async fn export_counters(admin: SocketAddr) -> Result<ExportCounters, BoxError> 
 pub struct TracingResult {
     off: PhaseResult,
     on: PhaseResult,
+    /// Measurements of each mode, alternating off and on.
+    rounds: usize,
     collector: SocketAddr,
     /// Spans the collector received while the traced load was measured (batches leave every second, so
     /// this lags the requests by up to that).
@@ -205,30 +207,17 @@ impl Pair {
     }
 }
 
-/// Runs the REST GET load with tracing off and then on; see the module's comment.
+/// Runs the REST GET load with tracing off and on, alternating for `--tracing-rounds`; see the module's comment.
 pub async fn run(settings: &Settings, dir: &Path, ticks_per_sec: f64) -> Result<TracingResult, BoxError> {
     let (collector, collector_addr) = Collector::start().await?;
     let db = dir.join("tracing.db");
 
-    // Tracing off: the pair seeds the database that the traced pair reads after it.
+    // The untraced pair creates and seeds the database before the traced pair opens it (two processes
+    // migrating one file at once would race). Both pairs stay up, so that the modes can alternate: an idle
+    // pair costs nothing measurable, and alternating spreads the machine's drift over both modes.
     let mut off_pair = Pair::start(settings, &db, "tracing off", &[])?;
-    let channels = off_pair.channels(settings.grpc_connections).await?;
-    let ids = seed(&channels, settings.users, settings.workers).await?;
-    wait_until_ready(off_pair.gateway.addr()).await?;
-    off_pair.user_service.ensure_running()?;
-    off_pair.gateway.ensure_running()?;
-    let target = Arc::new(Target::new(off_pair.gateway.addr(), channels, ids.clone())?);
-    let pids = off_pair.pids();
-    let run = drive(Phase::RestGetTracingOff, settings, &target, || std::future::ready(cpu_snapshot(&pids))).await?;
-    let off = phase_result(Phase::RestGetTracingOff, run.tally, run.elapsed, &run.before, &run.after, ticks_per_sec);
-    // As in the other phases: the client connections close before the servers drain.
-    drop(target);
-    drop(off_pair);
-    let received_untraced = collector.total();
-    if received_untraced > 0 {
-        return Err(format!("the collector received {received_untraced} spans from the untraced servers").into());
-    }
-
+    let off_channels = off_pair.channels(settings.grpc_connections).await?;
+    let ids = seed(&off_channels, settings.users, settings.workers).await?;
     let otlp: [OsString; 4] = [
         "--otlp-endpoint".into(),
         format!("http://{collector_addr}").into(),
@@ -236,27 +225,44 @@ pub async fn run(settings: &Settings, dir: &Path, ticks_per_sec: f64) -> Result<
         "1.0".into(),
     ];
     let mut on_pair = Pair::start(settings, &db, "tracing on", &otlp)?;
-    let channels = on_pair.channels(settings.grpc_connections).await?;
+    let on_channels = on_pair.channels(settings.grpc_connections).await?;
+    wait_until_ready(off_pair.gateway.addr()).await?;
     wait_until_ready(on_pair.gateway.addr()).await?;
-    on_pair.user_service.ensure_running()?;
-    on_pair.gateway.ensure_running()?;
-    let target = Arc::new(Target::new(on_pair.gateway.addr(), channels, ids)?);
-    let pids = on_pair.pids();
-    let run = drive(Phase::RestGetTracingOn, settings, &target, || {
-        std::future::ready(cpu_snapshot(&pids).map(|cpu| (cpu, collector.total())))
-    })
-    .await?;
-    let on = phase_result(Phase::RestGetTracingOn, run.tally, run.elapsed, &run.before.0, &run.after.0, ticks_per_sec);
-    let spans_in_window = run.after.1.saturating_sub(run.before.1);
+    let off_target = Arc::new(Target::new(off_pair.gateway.addr(), off_channels, ids.clone())?);
+    let on_target = Arc::new(Target::new(on_pair.gateway.addr(), on_channels, ids)?);
+    let (off_pids, on_pids) = (off_pair.pids(), on_pair.pids());
+
+    let mut off = Totals::default();
+    let mut on = Totals::default();
+    let mut spans_in_window = 0;
+    for _ in 0..settings.tracing_rounds {
+        for server in
+            [&mut off_pair.gateway, &mut off_pair.user_service, &mut on_pair.gateway, &mut on_pair.user_service]
+        {
+            server.ensure_running()?;
+        }
+        let run =
+            drive(Phase::RestGetTracingOff, settings, &off_target, || std::future::ready(cpu_snapshot(&off_pids)))
+                .await?;
+        off.add(run.tally, run.elapsed, &run.before, &run.after);
+        let run = drive(Phase::RestGetTracingOn, settings, &on_target, || {
+            std::future::ready(cpu_snapshot(&on_pids).map(|cpu| (cpu, collector.total())))
+        })
+        .await?;
+        on.add(run.tally, run.elapsed, &run.before.0, &run.after.0);
+        spans_in_window += run.after.1.saturating_sub(run.before.1);
+    }
     let gateway_export = export_counters(on_pair.gateway.addrs[1]).await?;
     let user_service_export = export_counters(on_pair.user_service.addrs[1]).await?;
-    drop(target);
-    // SIGTERM: each process exports what it still holds before it exits.
-    drop(on_pair);
+    // As in the other phases: the client connections close before the servers drain. On SIGTERM each traced
+    // process exports what it still holds before it exits.
+    drop((off_target, on_target));
+    drop((on_pair, off_pair));
     let spans_by_service = collector.settled().await;
     Ok(TracingResult {
-        off,
-        on,
+        off: off.result(Phase::RestGetTracingOff, ticks_per_sec),
+        on: on.result(Phase::RestGetTracingOn, ticks_per_sec),
+        rounds: settings.tracing_rounds,
         collector: collector_addr,
         spans_in_window,
         spans_by_service,
@@ -265,16 +271,26 @@ pub async fn run(settings: &Settings, dir: &Path, ticks_per_sec: f64) -> Result<
     })
 }
 
-fn phase_result(
-    phase: Phase,
-    tally: super::Tally,
+/// One mode's measurements summed over the rounds.
+#[derive(Default)]
+struct Totals {
+    tally: Tally,
     elapsed: Duration,
-    before: &[u64; 3],
-    after: &[u64; 3],
-    ticks_per_sec: f64,
-) -> PhaseResult {
-    let cpu_ticks = [0, 1, 2].map(|i| after[i].saturating_sub(before[i]));
-    PhaseResult::new(phase, tally, elapsed, cpu_ticks, ticks_per_sec)
+    cpu_ticks: [u64; 3],
+}
+
+impl Totals {
+    fn add(&mut self, tally: Tally, elapsed: Duration, before: &[u64; 3], after: &[u64; 3]) {
+        self.tally.merge(tally);
+        self.elapsed += elapsed;
+        for (total, (b, a)) in self.cpu_ticks.iter_mut().zip(before.iter().zip(after)) {
+            *total += a.saturating_sub(*b);
+        }
+    }
+
+    fn result(self, phase: Phase, ticks_per_sec: f64) -> PhaseResult {
+        PhaseResult::new(phase, self.tally, self.elapsed, self.cpu_ticks, ticks_per_sec)
+    }
 }
 
 impl TracingResult {
@@ -297,9 +313,9 @@ impl TracingResult {
     pub fn print(&self) {
         println!();
         println!(
-            "Tracing: REST GET with tracing off (no --otlp-endpoint), then on (--otlp-endpoint http://{} \
-             --trace-sample-ratio 1.0, a collector inside the benchmark)",
-            self.collector
+            "Tracing: REST GET with tracing off (no --otlp-endpoint) and on (--otlp-endpoint http://{} \
+             --trace-sample-ratio 1.0, a collector inside the benchmark), {} alternating round(s) summed",
+            self.collector, self.rounds
         );
         print_table_header("usersvc");
         self.off.print_row();
@@ -341,8 +357,9 @@ impl TracingResult {
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "note": "REST GET with tracing off (no --otlp-endpoint) and on (--otlp-endpoint at a collector in \
-                     the benchmark, --trace-sample-ratio 1.0), each on a fresh gateway and UserService over one \
-                     database",
+                     the benchmark, --trace-sample-ratio 1.0), through two gateway and UserService pairs over one \
+                     database, alternating; each mode's figures are the sums over the rounds",
+            "rounds": self.rounds,
             "off": self.off.to_json(),
             "on": self.on.to_json(),
             "cpu_ratio_on_to_off": { "gateway": self.cpu_ratio(Proc::Gateway),
