@@ -179,13 +179,14 @@ def record(args):
     )
 
 
-def span(values, fmt):
-    low, high = min(values), max(values)
-    return fmt(low) if fmt(low) == fmt(high) else f"{fmt(low)}–{fmt(high)}"
+def span(values, fmt, unit=""):
+    """`low–high unit` over the runs, or one value when they print alike."""
+    low, high = fmt(min(values)), fmt(max(values))
+    return f"{low}{unit}" if low == high else f"{low}–{high}{unit}"
 
 
 def kilo(value):
-    return f"{value / 1000:.1f}k"
+    return f"{value / 1000:.1f}"
 
 
 def report(args):
@@ -210,10 +211,10 @@ def report(args):
             continue
         label = LABELS[name].format(version=versions.get(name, ""))
         print(
-            f"| {label} | {span([r['req_per_sec'] for r in proxy_rows], kilo)} "
-            f"| {span([r['proxy_cpu_us_per_request'] for r in proxy_rows], lambda v: f'{v:.0f} µs')} "
-            f"| {span([r['service_cpu_us_per_request'] for r in proxy_rows], lambda v: f'{v:.0f} µs')} "
-            f"| {span([r['p99_ms'] for r in proxy_rows], lambda v: f'{v:.1f} ms')} |"
+            f"| {label} | {span([r['req_per_sec'] for r in proxy_rows], kilo, 'k')} "
+            f"| {span([r['proxy_cpu_us_per_request'] for r in proxy_rows], lambda v: f'{v:.0f}', ' µs')} "
+            f"| {span([r['service_cpu_us_per_request'] for r in proxy_rows], lambda v: f'{v:.0f}', ' µs')} "
+            f"| {span([r['p99_ms'] for r in proxy_rows], lambda v: f'{v:.1f}', ' ms')} |"
         )
     print()
 
@@ -242,7 +243,7 @@ def report(args):
         if not values:
             return
         median = statistics.median(values)
-        print(f"{label}: {span(values, lambda v: f'{v:.2f}×')} (median {median:.2f}×; target {target})")
+        print(f"{label}: {span(values, lambda v: f'{v:.2f}', '×')} (median {median:.2f}×; target {target})")
 
     ratio_line("Portico / structured-proxy, proxy CPU per request", per_run(cpu_ratio(STRUCTURED_PROXY)), "≤ 0.50×")
     ratio_line("Portico / Envoy, proxy CPU per request", per_run(cpu_ratio(ENVOY)), "≤ 0.33×")

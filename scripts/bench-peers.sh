@@ -265,7 +265,7 @@ echo
 echo "Side by side: GET /v1/users/{id}, wrk -t1 -c$connections, ${seconds} s measured after ${warmup} s of warm-up, $runs round(s)"
 echo "  commit $(git describe --always --dirty 2>/dev/null || echo '?'), $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores shared by wrk, the proxy and the UserService"
 echo "  Envoy ${envoy_version:-?} ($envoy), structured-proxy ${sp_version:-?}, UserService on SQLite with $users users"
-echo "  CPU: utime+stime from /proc/PID/stat at $clk_tck ticks/s"
+echo "  CPU: utime+stime from /proc/PID/stat at $clk_tck ticks/s; load average before the rounds: $(cut -d" " -f1-3 /proc/loadavg)"
 echo
 
 proxies=(portico envoy structured-proxy)
