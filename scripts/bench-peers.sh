@@ -23,7 +23,8 @@
 #
 # Each process runs with its own defaults: Portico's gateway and the UserService with RUST_LOG unset (info:
 # one log line per request, written to a file under target/bench-peers/run/), Envoy without an access log,
-# structured-proxy without RUST_LOG. Every process this script starts is stopped when it exits, failing or not.
+# structured-proxy without RUST_LOG. PORTICO_* variables set in the shell still reach Portico's processes, for
+# experiments, and the header names them. Every process this script starts is stopped when it exits, failing or not.
 # Writes target/bench-peers/results.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,8 +80,9 @@ stop_pid() {
   pids=("${kept[@]}")
 }
 cleanup() {
-  local pid group
-  for pid in "${pids[@]}"; do stop_pid "$pid"; done
+  local i group
+  # Newest first: the load, then the proxy, then the UserService behind it.
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do stop_pid "${pids[i]}"; done
   for group in "${groups[@]}"; do kill -TERM -- "-$group" 2>/dev/null || true; done
 }
 trap cleanup EXIT
@@ -129,7 +131,11 @@ portico="$target_dir/release/portico"
 
 if [ -n "$sp_install" ]; then
   echo "bench-peers: waiting for the structured-proxy build" >&2
-  if ! wait "$sp_install"; then
+  install_status=0
+  wait "$sp_install" || install_status=$?
+  # Finished either way: its group id must not be signalled again.
+  groups=()
+  if [ "$install_status" -ne 0 ]; then
     tail -n 30 "$root/structured-proxy-install.log" >&2
     echo "bench-peers: cargo install structured-proxy failed; the log is $root/structured-proxy-install.log" >&2
     exit 1
@@ -152,7 +158,9 @@ addr_of() {
 cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
 clk_tck=$(getconf CLK_TCK)
 
-# The servers run with their defaults: no RUST_LOG or PORTICO_* settings or OTLP endpoint from this shell.
+# The servers run with their defaults: no RUST_LOG, log format or OTLP endpoint from this shell. Other PORTICO_*
+# variables do reach Portico's processes, for experiments (PORTICO_UPSTREAM_CONNECTIONS=1 …); the header
+# then names them.
 clean_env=(env -u RUST_LOG -u PORTICO_LOG_FORMAT -u OTEL_EXPORTER_OTLP_ENDPOINT)
 
 # 6. The UserService, shared by every proxy. Password hashing is cheap for the seeding only: GETs never hash.
@@ -233,7 +241,7 @@ static_resources:
                     socket_address: { address: ${service_addr%:*}, port_value: ${service_addr##*:} }
 EOF
   # No hot restart: another Envoy on the machine must not share its shared-memory domain.
-  "$envoy" -c "$run_dir/envoy.yaml" --disable-hot-restart 2>"$1" &
+  "$envoy" -c "$run_dir/envoy.yaml" --disable-hot-restart >"$1" 2>&1 &
   proxy_pid=$!
   pids+=("$proxy_pid")
   proxy_addr="127.0.0.1:$port"
@@ -253,7 +261,8 @@ descriptors:
 service:
   name: "user-service"
 EOF
-  env -u RUST_LOG "$sp_bin" --config "$run_dir/structured-proxy.yaml" 2>"$1" &
+  # It logs to stdout.
+  env -u RUST_LOG "$sp_bin" --config "$run_dir/structured-proxy.yaml" >"$1" 2>&1 &
   proxy_pid=$!
   pids+=("$proxy_pid")
   proxy_addr="127.0.0.1:$port"
@@ -265,8 +274,25 @@ echo
 echo "Side by side: GET /v1/users/{id}, wrk -t1 -c$connections, ${seconds} s measured after ${warmup} s of warm-up, $runs round(s)"
 echo "  commit $(git describe --always --dirty 2>/dev/null || echo '?'), $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores shared by wrk, the proxy and the UserService"
 echo "  Envoy ${envoy_version:-?} ($envoy), structured-proxy ${sp_version:-?}, UserService on SQLite with $users users"
+portico_env=$(env | grep '^PORTICO_' | sort | tr '\n' ' ' || true)
+if [ -n "$portico_env" ]; then
+  echo "  NOT Portico's defaults: both Portico processes also read $portico_env(from this shell)"
+fi
 echo "  CPU: utime+stime from /proc/PID/stat at $clk_tck ticks/s; load average before the rounds: $(cut -d" " -f1-3 /proc/loadavg)"
 echo
+
+# wrk with the round's settings, its output to $1. In the background with `wait`, which a signal interrupts,
+# so that the script stops at once rather than after the load.
+run_wrk() {
+  local out="$1" status=0
+  shift
+  wrk -t1 -c"$connections" -s "$run_dir/get-users.lua" "$@" >"$out" &
+  wrk_pid=$!
+  pids+=("$wrk_pid")
+  wait "$wrk_pid" || status=$?
+  stop_pid "$wrk_pid"
+  if [ "$status" -ne 0 ]; then echo "bench-peers: wrk failed ($status): $(cat "$out")" >&2; exit 1; fi
+}
 
 proxies=(portico envoy structured-proxy)
 results="$run_dir/results.jsonl"
@@ -284,10 +310,10 @@ for run in $(seq "$runs"); do
     fi
     url="http://$proxy_addr"
     if [ "$warmup" -gt 0 ]; then
-      wrk -t1 -c"$connections" -d"${warmup}s" -s "$run_dir/get-users.lua" "$url" >"$run_dir/$proxy-$run.warmup.txt"
+      run_wrk "$run_dir/$proxy-$run.warmup.txt" -d"${warmup}s" "$url"
     fi
     proxy_before=$(cpu_ticks "$proxy_pid"); service_before=$(cpu_ticks "$service_pid")
-    wrk -t1 -c"$connections" -d"${seconds}s" --latency -s "$run_dir/get-users.lua" "$url" >"$run_dir/$proxy-$run.wrk.txt"
+    run_wrk "$run_dir/$proxy-$run.wrk.txt" -d"${seconds}s" --latency "$url"
     proxy_after=$(cpu_ticks "$proxy_pid"); service_after=$(cpu_ticks "$service_pid")
     "${helper[@]}" record --wrk-output "$run_dir/$proxy-$run.wrk.txt" --proxy "$proxy" --run "$run" \
       --proxy-ticks $((proxy_after - proxy_before)) --service-ticks $((service_after - service_before)) \
