@@ -210,6 +210,8 @@ def report(args):
         if not proxy_rows:
             continue
         label = LABELS[name].format(version=versions.get(name, ""))
+        if name == PORTICO and args.portico_env:
+            label = f"Portico with {args.portico_env.strip()} (not its defaults)"
         print(
             f"| {label} | {span([r['req_per_sec'] for r in proxy_rows], kilo, 'k')} "
             f"| {span([r['proxy_cpu_us_per_request'] for r in proxy_rows], lambda v: f'{v:.0f}', ' µs')} "
@@ -252,7 +254,13 @@ def report(args):
     if errors:
         print(f"WARNING: {errors} requests failed (non-2xx or socket errors); see the per-run rows")
     if args.json:
-        Path(args.json).write_text(json.dumps({"runs": rows}, indent=2) + "\n")
+        document = {
+            "envoy_version": args.envoy_version,
+            "structured_proxy_version": args.structured_proxy_version,
+            "portico_env": args.portico_env.split(),
+            "runs": rows,
+        }
+        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
         print(f"Wrote {args.json}")
 
 
@@ -285,6 +293,7 @@ def main():
     p.add_argument("results")
     p.add_argument("--envoy-version", default="")
     p.add_argument("--structured-proxy-version", default="")
+    p.add_argument("--portico-env", default="", help="PORTICO_* settings that Portico's processes read")
     p.add_argument("--json")
     p.set_defaults(func=report)
     args = parser.parse_args()

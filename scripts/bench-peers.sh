@@ -323,4 +323,4 @@ for run in $(seq "$runs"); do
 done
 
 "${helper[@]}" report "$results" --envoy-version "${envoy_version:-}" --structured-proxy-version "${sp_version:-}" \
-  --json "$root/results.json"
+  --portico-env "$portico_env" --json "$root/results.json"
