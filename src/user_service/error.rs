@@ -89,6 +89,16 @@ impl From<ServiceError> for Status {
                     tracing::warn!(error = %db, "database busy");
                     Status::unavailable("the database is busy; retry later")
                 }
+                StoreError::Sqlite(rusqlite::Error::SqliteFailure(failure, _))
+                    if matches!(
+                        failure.code,
+                        rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                    ) =>
+                {
+                    tracing::warn!(error = %store, "database busy");
+                    Status::unavailable("the database is busy; retry later")
+                }
+                StoreError::WriterGone => Status::unavailable("the database is closing; retry later"),
                 other => internal(&other),
             },
             ServiceError::Hash(hash) => internal(&hash),
