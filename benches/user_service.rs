@@ -103,6 +103,11 @@ struct Settings {
     #[arg(long, env = "BENCH_WATCH_CONNECTIONS", default_value_t = 8)]
     watch_connections: usize,
 
+    /// The portico binary to measure; by default the one this benchmark was built with. Another build (an
+    /// older commit's, say) gives before/after figures from the same load.
+    #[arg(long, env = "BENCH_PORTICO")]
+    portico: Option<std::path::PathBuf>,
+
     /// Runs the in-memory floor server instead of the benchmark (the benchmark starts it this way).
     #[arg(long, hide = true)]
     floor_server: bool,
@@ -155,7 +160,8 @@ async fn run(settings: Settings) -> Result<(), BoxError> {
     let user_service = Server::start(
         "user-service",
         "user service listening",
-        Command::new(env!("CARGO_BIN_EXE_portico")).args(user_service_args(&settings, &db)),
+        Command::new(settings.portico.as_deref().unwrap_or(Path::new(env!("CARGO_BIN_EXE_portico"))))
+            .args(user_service_args(&settings, &db)),
         &settings.log_filter,
     )?;
     let floor = Server::start(

@@ -56,7 +56,11 @@ impl ObservedStore {
         // A missing user or a taken email is an answer, not a failure of the database.
         let failed = matches!(
             result,
-            Err(StoreError::Database(_) | StoreError::Sqlite(_) | StoreError::Migrate(_) | StoreError::Corrupt(_))
+            Err(StoreError::Database(_)
+                | StoreError::Sqlite(_)
+                | StoreError::Commit(_)
+                | StoreError::Migrate(_)
+                | StoreError::Corrupt(_))
         );
         if failed {
             span.record("otel.status_code", "error");

@@ -109,6 +109,9 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("cannot start the database writer thread: {0}")]
     Thread(std::io::Error),
+    /// A write's commit failed (for every write committed in the same group).
+    #[error("commit failed: {0}")]
+    Commit(std::sync::Arc<rusqlite::Error>),
     /// The store is shutting down (its writer thread or blocking pool is gone).
     #[error("the database connection is closed")]
     WriterGone,

@@ -9,8 +9,9 @@
 //! scan (lists, counts, snapshot pages, change-log pages) always go to the blocking pool, so a long query never
 //! stalls the runtime's threads.
 //!
-//! Writes (with `synchronous=FULL`, an fsync each) go to one dedicated thread. SQLite allows one writer at a
-//! time anyway; a queue in front of it means no writer ever waits on a lock inside this process.
+//! Writes (with `synchronous=FULL`, an fsync per commit) go to one dedicated thread, which commits what is
+//! queued in groups (see `writer`). SQLite allows one writer at a time anyway; a queue in front of it means no
+//! writer ever waits on a lock inside this process.
 //!
 //! An in-memory database has no file for a second connection to open: the writer's connection is the only one,
 //! and reads go to the writer thread too.
@@ -20,10 +21,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use rusqlite::{Connection, ErrorCode, OpenFlags};
-use tokio::sync::{Semaphore, oneshot};
+use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction};
+use tokio::sync::Semaphore;
 
 use super::super::StoreError;
+use super::writer::Writer;
 
 /// How long a blocking read or a write waits for another process's lock before failing with SQLITE_BUSY.
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,13 +65,22 @@ impl Connections {
         Ok(Self { writer: Writer::spawn(connection)?, readers: Some(Readers::new(path.to_path_buf())) })
     }
 
-    /// Runs `work` on the write connection, on the writer thread.
-    pub(super) async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    /// Runs `work` on the write connection, on the writer thread, outside any transaction.
+    pub(super) async fn write_alone<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        self.writer.run(work).await
+        self.writer.alone(work).await
+    }
+
+    /// Runs `work` in a write transaction, committed (durably) together with the others queued (see `writer`).
+    pub(super) async fn transaction<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.writer.transaction(work).await
     }
 
     /// Runs `work` on a read connection, as `how` says.
@@ -78,7 +89,7 @@ impl Connections {
         T: Send + 'static,
         F: Fn(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let Some(readers) = &self.readers else { return self.writer.run(move |connection| work(connection)).await };
+        let Some(readers) = &self.readers else { return self.writer.alone(move |connection| work(connection)).await };
         if how == Read::Point {
             match readers.inline(&work) {
                 Err(error) if is_busy(&error) => {}
@@ -143,57 +154,6 @@ fn configure(connection: &Connection, write: bool) -> Result<(), StoreError> {
         connection.busy_timeout(Duration::ZERO)?;
     }
     Ok(())
-}
-
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
-
-/// The writer thread's queue. The thread ends, closing the connection, when the last handle is dropped.
-struct Writer {
-    jobs: std::sync::mpsc::Sender<Job>,
-    gauge: Arc<WriterGauge>,
-}
-
-impl Writer {
-    fn spawn(mut connection: Connection) -> Result<Self, StoreError> {
-        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
-        let gauge = Arc::new(WriterGauge::default());
-        let busy = Arc::clone(&gauge);
-        std::thread::Builder::new()
-            .name("sqlite-writer".into())
-            .spawn(move || {
-                for job in queue {
-                    busy.0.store(1, Ordering::Relaxed);
-                    job(&mut connection);
-                    busy.0.store(0, Ordering::Relaxed);
-                }
-            })
-            .map_err(StoreError::Thread)?;
-        Ok(Self { jobs, gauge })
-    }
-
-    async fn run<T, F>(&self, work: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        let (done, result) = oneshot::channel();
-        let job: Job = Box::new(move |connection| {
-            // The caller may have gone (its call was cancelled); the work is done either way.
-            let _ = done.send(work(connection));
-        });
-        self.jobs.send(job).map_err(|_| StoreError::WriterGone)?;
-        result.await.map_err(|_| StoreError::WriterGone)?
-    }
-}
-
-#[derive(Debug, Default)]
-struct WriterGauge(AtomicU32);
-
-impl crate::telemetry::store::PoolGauge for WriterGauge {
-    fn connections(&self) -> (u32, u32) {
-        let busy = self.0.load(Ordering::Relaxed);
-        (busy, 1 - busy)
-    }
 }
 
 /// Read-only connections to one file, opened on demand and kept while idle (up to [`IDLE_READERS`]).

@@ -1,6 +1,7 @@
 //! The embedded default store: SQLite through rusqlite, file-backed in WAL mode (or in memory).
 //!
-//! Writes run on one connection on a thread of its own and open with `BEGIN IMMEDIATE`: SQLite allows one
+//! Writes run on one connection on a thread of its own, committed in groups (see `writer`), and open with
+//! `BEGIN IMMEDIATE`: SQLite allows one
 //! writer at a time anyway, and taking the write lock up front means a read-then-write transaction can never fail
 //! to upgrade its lock (SQLITE_BUSY_SNAPSHOT), even when other processes share the file. Reads use read-only
 //! connections, which WAL lets run concurrently with the writer; point reads run inline (see `connections`).
@@ -8,6 +9,7 @@
 
 mod connections;
 mod migrate;
+mod writer;
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -15,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::types::Value;
-use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, ErrorCode, Transaction, params};
 
 use super::conditions::{Dialect, SqlWriter, push_conditions};
 use super::lease::{FileLease, RelayLease};
@@ -114,7 +116,7 @@ impl SqliteStore {
                 .await
                 .map_err(|_| StoreError::WriterGone)??
         };
-        connections.write(migrate::run).await?;
+        connections.write_alone(migrate::run).await?;
         let lease_path = path.map(|path| {
             let mut path = path.into_os_string();
             path.push("-relay.lock");
@@ -128,21 +130,15 @@ impl SqliteStore {
         })
     }
 
-    /// Runs `work` in one `BEGIN IMMEDIATE` transaction on the writer thread, and commits if it succeeds.
+    /// Runs `work` in a write transaction (`BEGIN IMMEDIATE`, possibly shared with other writes of this
+    /// process as a savepoint each) and returns its result once it is committed.
     async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>, &LogWriter) -> Result<T, StoreError> + Send + 'static,
     {
         let log = LogWriter { window: self.change_log_window, prune: self.prune };
-        self.connections
-            .write(move |connection| {
-                let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let result = work(&tx, &log)?;
-                tx.commit()?;
-                Ok(result)
-            })
-            .await
+        self.connections.transaction(move |tx| work(tx, &log)).await
     }
 }
 
@@ -377,10 +373,8 @@ impl Store for SqliteStore {
 
     async fn mark_published(&self, revision: i64) -> Result<(), StoreError> {
         self.connections
-            .write(move |connection| {
-                connection
-                    .prepare_cached("UPDATE relay_mark SET published = ?1 WHERE published < ?1")?
-                    .execute([revision])?;
+            .transaction(move |tx| {
+                tx.prepare_cached("UPDATE relay_mark SET published = ?1 WHERE published < ?1")?.execute([revision])?;
                 Ok(())
             })
             .await
