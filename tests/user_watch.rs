@@ -233,7 +233,6 @@ async fn a_slow_watcher_is_cut_off_while_a_fast_one_gets_everything(backend: Bac
     let server = start_with(backend, |config| {
         config.change_log_window = 1_500;
         config.feed.broadcast_capacity = 16;
-        config.feed.watcher_buffer = 16;
     })
     .await;
     let mut client = server.client().await;
@@ -287,8 +286,87 @@ async fn a_slow_watcher_is_cut_off_while_a_fast_one_gets_everything(backend: Bac
     Ok(())
 }
 
+/// A snapshot larger than a page is read page by page; changes made while it is read (to users in pages already
+/// sent and in pages not read yet) leave it one consistent view, and arrive after it as live events.
+async fn a_snapshot_over_many_pages_is_consistent_while_users_change(backend: Backend) -> TestResult {
+    const USERS: usize = 2_000;
+    let server = start_with(backend, |config| config.feed.page_size = 50).await;
+    let mut client = server.client().await;
+    // Long names make each event large, so the client's 64 KiB HTTP/2 window holds a few hundred of them: the
+    // server reads later pages only as this test reads events.
+    let long_name = "n".repeat(180);
+    for batch in 0..USERS / 1000 {
+        let requests: Vec<_> = (0..1000)
+            .map(|i| create_request(&format!("{long_name} {batch}-{i}"), &format!("p{batch}-{i}@example.com")))
+            .collect();
+        client.batch_create_users(futures::stream::iter(requests)).await?;
+    }
+    let before = all_users(&mut client).await?;
+    assert_eq!(before.len(), USERS);
+    let ids: Vec<i64> = before.keys().copied().collect();
+
+    let channel =
+        server.endpoint().initial_stream_window_size(65_535).initial_connection_window_size(65_535).connect().await?;
+    let mut watcher = portico::proto::user::user_service_client::UserServiceClient::new(channel);
+    let mut stream = watch(&mut watcher, "", 0).await?;
+    let first = next(&mut stream).await?;
+    assert_eq!(kind(&first), UserEventType::Existing);
+
+    // Changes while the snapshot is being read: in the first page (already sent), near the end (not read yet),
+    // a delete, and a create.
+    let renamed_early = ids[1];
+    let renamed_late = ids[USERS - 10];
+    let deleted_late = ids[USERS - 5];
+    for id in [renamed_early, renamed_late] {
+        let rename = UpdateUserRequest {
+            user: Some(User { id, name: format!("Renamed {id}"), ..Default::default() }),
+            update_mask: None,
+        };
+        client.update_user(rename).await?;
+    }
+    client.delete_user(DeleteUserRequest { id: deleted_late }).await?;
+    let created = create(&mut client, "Newcomer", "newcomer@example.com").await;
+
+    let mut snapshot = vec![first.user.ok_or("existing event carries a user")?];
+    let revision = loop {
+        let event = next(&mut stream).await?;
+        match kind(&event) {
+            UserEventType::Existing => snapshot.push(event.user.ok_or("existing event carries a user")?),
+            UserEventType::SnapshotComplete => break event.revision,
+            other => return Err(format!("live event {other:?} before the snapshot completed").into()),
+        }
+    };
+    // Every user, exactly once, in id order, as they were before the changes.
+    let snapshot_ids: Vec<i64> = snapshot.iter().map(|u| u.id).collect();
+    assert_eq!(snapshot_ids, ids, "the snapshot holds every user once, in order");
+    for user in &snapshot {
+        assert_eq!(Some(user), before.get(&user.id), "user {} as it was when the snapshot started", user.id);
+    }
+
+    // Then the four changes, in commit order, all after the snapshot's revision.
+    let mut last = revision;
+    let mut live = Vec::new();
+    for _ in 0..4 {
+        let event = next(&mut stream).await?;
+        assert!(event.revision > last, "revisions increase: {} after {last}", event.revision);
+        last = event.revision;
+        live.push((kind(&event), event.user.map(|u| u.id)));
+    }
+    assert_eq!(
+        live,
+        vec![
+            (UserEventType::Updated, Some(renamed_early)),
+            (UserEventType::Updated, Some(renamed_late)),
+            (UserEventType::Deleted, Some(deleted_late)),
+            (UserEventType::Created, Some(created.id)),
+        ]
+    );
+    Ok(())
+}
+
 per_backend!(
     snapshot_then_live_changes_with_concurrent_writers_have_no_gap_and_no_duplicate,
+    a_snapshot_over_many_pages_is_consistent_while_users_change,
     since_revision_resumes_after_that_revision,
     a_filtered_watch_sees_users_enter_and_leave_its_filter,
     a_slow_watcher_is_cut_off_while_a_fast_one_gets_everything,

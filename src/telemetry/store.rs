@@ -17,7 +17,7 @@ use crate::proto::user::User;
 use crate::telemetry::metrics::{self, StatementLabels};
 use crate::telemetry::traces;
 use crate::user_service::filter::Filter;
-use crate::user_service::store::{Change, NewUser, RelayLease, Snapshot, Store, StoreError, UserPatch};
+use crate::user_service::store::{Change, NewUser, RelayLease, SnapshotPage, Store, StoreError, UserPatch};
 
 /// A [`Store`] that records every operation of the store it wraps.
 pub struct ObservedStore {
@@ -54,7 +54,14 @@ impl ObservedStore {
         let started = Instant::now();
         let result = run.instrument(span.clone()).await;
         // A missing user or a taken email is an answer, not a failure of the database.
-        let failed = matches!(result, Err(StoreError::Database(_) | StoreError::Migrate(_) | StoreError::Corrupt(_)));
+        let failed = matches!(
+            result,
+            Err(StoreError::Database(_)
+                | StoreError::Sqlite(_)
+                | StoreError::Commit(_)
+                | StoreError::Migrate(_)
+                | StoreError::Corrupt(_))
+        );
         if failed {
             span.record("otel.status_code", "error");
         }
@@ -97,8 +104,8 @@ impl Store for ObservedStore {
         self.observe("head_revision", self.inner.head_revision()).await
     }
 
-    async fn snapshot(&self, filter: &Filter) -> Result<Snapshot, StoreError> {
-        self.observe("snapshot", self.inner.snapshot(filter)).await
+    async fn snapshot_page(&self, filter: &Filter, after_id: i64, limit: u32) -> Result<SnapshotPage, StoreError> {
+        self.observe("snapshot_page", self.inner.snapshot_page(filter, after_id, limit)).await
     }
 
     async fn changes_after(&self, after: i64, limit: u32) -> Result<Vec<Change>, StoreError> {

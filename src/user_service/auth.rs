@@ -14,7 +14,6 @@ use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
 use prost_reflect::ReflectMessage;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tower::{Layer, Service};
 
@@ -23,7 +22,7 @@ use crate::auth::{Caller, Verifier};
 use crate::proto::user::user_service_server::UserService;
 use crate::proto::user::{
     BatchCreateUsersResponse, CreateUserRequest, DeleteUserRequest, GetUserRequest, GetUserResponse, ListUsersRequest,
-    ListUsersResponse, UpdateUserRequest, User, UserEvent, WatchUsersRequest,
+    ListUsersResponse, UpdateUserRequest, User, WatchUsersRequest,
 };
 use crate::user_service::UserServiceImpl;
 
@@ -161,7 +160,7 @@ impl UserService for Authorized {
         self.inner.delete_user(request).await
     }
 
-    type WatchUsersStream = ReceiverStream<Result<UserEvent, Status>>;
+    type WatchUsersStream = crate::user_service::events::WatchStream;
 
     async fn watch_users(
         &self,

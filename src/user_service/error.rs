@@ -89,11 +89,26 @@ impl From<ServiceError> for Status {
                     tracing::warn!(error = %db, "database busy");
                     Status::unavailable("the database is busy; retry later")
                 }
+                StoreError::Sqlite(ref error) if is_sqlite_busy(error) => {
+                    tracing::warn!(error = %store, "database busy");
+                    Status::unavailable("the database is busy; retry later")
+                }
+                StoreError::Commit(ref error) if is_sqlite_busy(error) => {
+                    tracing::warn!(error = %store, "database busy");
+                    Status::unavailable("the database is busy; retry later")
+                }
+                StoreError::WriterGone => Status::unavailable("the database is closing; retry later"),
                 other => internal(&other),
             },
             ServiceError::Hash(hash) => internal(&hash),
         }
     }
+}
+
+/// SQLITE_BUSY or SQLITE_LOCKED from rusqlite.
+fn is_sqlite_busy(error: &rusqlite::Error) -> bool {
+    matches!(error, rusqlite::Error::SqliteFailure(failure, _)
+        if matches!(failure.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
 }
 
 /// SQLITE_BUSY (5) and SQLITE_LOCKED (6), including their extended codes.

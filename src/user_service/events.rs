@@ -10,39 +10,41 @@
 //!
 //! A watcher that falls behind the broadcast buffer catches up from the change log in the database, page by
 //! page, so memory stays bounded by the buffer sizes whatever the watcher's speed. Only when the change it
-//! needs has been pruned from the log is it ended, with ABORTED.
+//! needs has been pruned from the log is it ended, with ABORTED. A snapshot is read page by page too (see
+//! [`SnapshotReader`]), so a watch over a large table costs a page of memory, not the table.
 
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tokio::sync::{Notify, broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use futures::Stream;
+use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use crate::proto::user::{UserEvent, UserEventType};
+use crate::proto::user::{User, UserEvent, UserEventType};
 use crate::user_service::error::ServiceError;
 use crate::user_service::filter::Filter;
-use crate::user_service::store::{Change, Store, StoreError, poll_interval, wait_for_commit};
+use crate::user_service::store::{Change, ChangeKind, Store, StoreError, poll_interval, wait_for_commit};
 
 /// Sizes and timings of the feed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FeedConfig {
     /// Changes held for watchers that have not received them yet; a watcher further behind reads the database.
     pub broadcast_capacity: usize,
-    /// Events queued per watcher between its task and the gRPC stream.
-    pub watcher_buffer: usize,
     /// How often the feed looks for changes committed by other processes. A store that notifies (PostgreSQL)
     /// makes this a safety net only, never shorter than 30 s.
     pub poll_interval: Duration,
-    /// Change-log rows read per query.
+    /// Change-log rows, and snapshot users, read per query.
     pub page_size: u32,
 }
 
 impl Default for FeedConfig {
     fn default() -> Self {
-        Self { broadcast_capacity: 1024, watcher_buffer: 64, poll_interval: Duration::from_millis(250), page_size: 500 }
+        Self { broadcast_capacity: 1024, poll_interval: Duration::from_millis(250), page_size: 500 }
     }
 }
 
@@ -135,33 +137,40 @@ impl ChangeFeed {
 
     /// Opens a watch: a snapshot then live changes (`since_revision == 0`), or the changes after
     /// `since_revision`. Errors are delivered as the stream's final status.
-    pub fn watch(self: &Arc<Self>, filter: Filter, since_revision: i64) -> ReceiverStream<Result<UserEvent, Status>> {
-        let (events, receiver) = mpsc::channel(self.config.watcher_buffer.max(1));
+    ///
+    /// The stream does its work when it is polled, that is when the client's HTTP/2 stream has room for more:
+    /// no task and no queue of its own per watcher, and a client that goes away drops it whole.
+    pub fn watch(self: &Arc<Self>, filter: Filter, since_revision: i64) -> WatchStream {
         // Subscribe before reading the database: every change committed after the snapshot (or the catch-up)
         // is then in the subscription, and duplicates are skipped by revision.
         let subscription = self.sender.subscribe();
-        let feed = Arc::clone(self);
-        tokio::spawn(async move {
-            let _connected = WatcherGauge::connect();
-            let mut watcher = Watcher { feed: &feed, filter, events: &events, last: since_revision };
+        let phase = if since_revision == 0 { Phase::Snapshot(Box::default()) } else { Phase::catch_up() };
+        let watcher = Watcher {
+            feed: Arc::clone(self),
+            filter,
+            subscription,
+            last: since_revision,
+            phase,
+            _connected: WatcherGauge::connect(),
+        };
+        let shutdown = self.shutdown.clone();
+        Box::pin(futures::stream::unfold(Some((watcher, shutdown)), |state| async move {
+            let (mut watcher, shutdown) = state?;
             let outcome = tokio::select! {
-                outcome = watcher.run(subscription, since_revision) => outcome,
-                () = feed.shutdown.cancelled() => Err(WatchEnd::Shutdown),
-                () = events.closed() => Err(WatchEnd::ClientGone),
+                biased;
+                () = shutdown.cancelled() => Err(WatchEnd::Shutdown),
+                event = watcher.next_event() => event,
             };
-            let status = match outcome {
-                Ok(()) | Err(WatchEnd::ClientGone) => return,
-                Err(WatchEnd::Status(status)) => status,
-                Err(WatchEnd::Shutdown) => {
-                    Status::unavailable(format!("server is shutting down; resume with since_revision={}", watcher.last))
-                }
-            };
-            // The client may be gone already; then there is nobody to tell.
-            let _ = events.send(Err(status)).await;
-        });
-        ReceiverStream::new(receiver)
+            match outcome {
+                Ok(event) => Some((Ok(event), Some((watcher, shutdown)))),
+                Err(end) => Some((Err(end.into_status(watcher.last)), None)),
+            }
+        }))
     }
 }
+
+/// A WatchUsers response stream.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<UserEvent, Status>> + Send>>;
 
 /// Counts a watcher in `portico_user_service_watchers` while it lives.
 struct WatcherGauge;
@@ -181,9 +190,19 @@ impl Drop for WatcherGauge {
 
 /// Why a watch stopped.
 enum WatchEnd {
-    ClientGone,
     Shutdown,
     Status(Status),
+}
+
+impl WatchEnd {
+    fn into_status(self, last: i64) -> Status {
+        match self {
+            Self::Status(status) => status,
+            Self::Shutdown => {
+                Status::unavailable(format!("server is shutting down; resume with since_revision={last}"))
+            }
+        }
+    }
 }
 
 impl From<ServiceError> for WatchEnd {
@@ -192,90 +211,108 @@ impl From<ServiceError> for WatchEnd {
     }
 }
 
-struct Watcher<'a> {
-    feed: &'a ChangeFeed,
-    filter: Filter,
-    events: &'a mpsc::Sender<Result<UserEvent, Status>>,
-    /// The last revision processed (delivered or filtered out); changes at or below it are duplicates.
-    last: i64,
+impl From<StoreError> for WatchEnd {
+    fn from(error: StoreError) -> Self {
+        Self::Status(ServiceError::from(error).into())
+    }
 }
 
-impl Watcher<'_> {
-    async fn run(
-        &mut self,
-        mut subscription: broadcast::Receiver<FeedItem>,
-        since_revision: i64,
-    ) -> Result<(), WatchEnd> {
-        if since_revision == 0 {
-            let snapshot = self.feed.store.snapshot(&self.filter).await.map_err(ServiceError::from)?;
-            for user in snapshot.users {
-                self.send(UserEvent { r#type: UserEventType::Existing as i32, user: Some(user), revision: 0 }).await?;
-            }
-            let marker =
-                UserEvent { r#type: UserEventType::SnapshotComplete as i32, user: None, revision: snapshot.revision };
-            self.send(marker).await?;
-            self.last = snapshot.revision;
-        } else {
-            // WatchUsers refused positions outside the log before the stream started; if the log moved past
-            // this one since, the watcher fell behind like any other.
-            self.catch_up().await?;
-        }
+/// Where a watcher is.
+enum Phase {
+    /// Sending the snapshot, page by page.
+    Snapshot(Box<SnapshotReader>),
+    /// Reading the change log from the database: at the start of a resume, or after falling behind the
+    /// broadcast buffer. `pending` holds the rest of the page read last; `more` whether a full page came back.
+    CatchUp { pending: VecDeque<Change>, more: bool },
+    /// Taking changes from the feed's broadcast.
+    Live,
+}
+
+impl Phase {
+    fn catch_up() -> Self {
+        Self::CatchUp { pending: VecDeque::new(), more: true }
+    }
+}
+
+struct Watcher {
+    feed: Arc<ChangeFeed>,
+    filter: Filter,
+    subscription: broadcast::Receiver<FeedItem>,
+    /// The last revision processed (delivered or filtered out); changes at or below it are duplicates.
+    last: i64,
+    phase: Phase,
+    _connected: WatcherGauge,
+}
+
+impl Watcher {
+    /// The next event for the client, reading the database or waiting for the feed as needed.
+    async fn next_event(&mut self) -> Result<UserEvent, WatchEnd> {
         loop {
-            match subscription.recv().await {
-                Ok(FeedItem::Change(change)) => self.deliver(&change).await?,
-                Ok(FeedItem::Gap) => return Err(self.fell_behind()),
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    // Missed changes are still in the database's log; a compacted log means this watcher is
-                    // too slow to be served.
-                    self.catch_up().await?;
+            match &mut self.phase {
+                Phase::Snapshot(snapshot) => {
+                    if let Some(user) = snapshot.pending.pop_front() {
+                        return Ok(UserEvent { r#type: UserEventType::Existing as i32, user: Some(user), revision: 0 });
+                    }
+                    if let Some(revision) = snapshot.complete() {
+                        self.last = revision;
+                        self.phase = Phase::Live;
+                        let marker = UserEventType::SnapshotComplete as i32;
+                        return Ok(UserEvent { r#type: marker, user: None, revision });
+                    }
+                    snapshot.read_page(&self.feed, &self.filter).await?;
                 }
-                Err(broadcast::error::RecvError::Closed) => return Err(WatchEnd::Shutdown),
+                Phase::CatchUp { pending, more } => {
+                    if let Some(change) = pending.pop_front() {
+                        if let Some(event) = self.deliver(&change) {
+                            return Ok(event);
+                        }
+                        continue;
+                    }
+                    if !*more {
+                        self.phase = Phase::Live;
+                        continue;
+                    }
+                    // WatchUsers refused positions outside the log before the stream started; if the log moved
+                    // past this one since, the watcher fell behind like any other.
+                    let page = self.feed.config.page_size;
+                    let changes = match self.feed.store.changes_after(self.last, page).await {
+                        Ok(changes) => changes,
+                        Err(StoreError::RevisionCompacted { .. }) => return Err(self.fell_behind()),
+                        Err(store) => return Err(store.into()),
+                    };
+                    *more = changes.len() == page as usize;
+                    *pending = changes.into();
+                }
+                Phase::Live => match self.subscription.recv().await {
+                    Ok(FeedItem::Change(change)) => {
+                        if let Some(event) = self.deliver(&change) {
+                            return Ok(event);
+                        }
+                    }
+                    Ok(FeedItem::Gap) => return Err(self.fell_behind()),
+                    // Missed changes are still in the database's log; a compacted log means this watcher is too
+                    // slow to be served.
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.phase = Phase::catch_up(),
+                    Err(broadcast::error::RecvError::Closed) => return Err(WatchEnd::Shutdown),
+                },
             }
         }
     }
 
-    /// Delivers the change log after `self.last` from the database, page by page.
-    /// A compacted log means the changes this watcher still needs are gone: it fell behind.
-    async fn catch_up(&mut self) -> Result<(), WatchEnd> {
-        loop {
-            let page = self.feed.config.page_size;
-            let changes = match self.feed.store.changes_after(self.last, page).await {
-                Ok(changes) => changes,
-                Err(StoreError::RevisionCompacted { .. }) => return Err(self.fell_behind()),
-                Err(store) => return Err(ServiceError::from(store).into()),
-            };
-            let full_page = changes.len() == page as usize;
-            for change in &changes {
-                self.deliver(change).await?;
-            }
-            if !full_page {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Sends a change if it is new and concerns the filter: it matches the user after the change, or before it
-    /// (so a watcher sees a user leave its filter).
-    async fn deliver(&mut self, change: &Change) -> Result<(), WatchEnd> {
+    /// The event for a change if it is new and concerns the filter: it matches the user after the change, or
+    /// before it (so a watcher sees a user leave its filter).
+    fn deliver(&mut self, change: &Change) -> Option<UserEvent> {
         if change.revision <= self.last {
-            return Ok(());
-        }
-        let relevant = self.filter.matches(&change.user)
-            || change.previous.as_ref().is_some_and(|previous| self.filter.matches(previous));
-        if relevant {
-            let event = UserEvent {
-                r#type: change.kind.event_type() as i32,
-                user: Some(change.user.clone()),
-                revision: change.revision,
-            };
-            self.send(event).await?;
+            return None;
         }
         self.last = change.revision;
-        Ok(())
-    }
-
-    async fn send(&self, event: UserEvent) -> Result<(), WatchEnd> {
-        self.events.send(Ok(event)).await.map_err(|_| WatchEnd::ClientGone)
+        let relevant = self.filter.matches(&change.user)
+            || change.previous.as_ref().is_some_and(|previous| self.filter.matches(previous));
+        relevant.then(|| UserEvent {
+            r#type: change.kind.event_type() as i32,
+            user: Some(change.user.clone()),
+            revision: change.revision,
+        })
     }
 
     fn fell_behind(&self) -> WatchEnd {
@@ -283,5 +320,111 @@ impl Watcher<'_> {
             ServiceError::Aborted(format!("watch fell behind; resume with since_revision={} or re-list", self.last))
                 .into(),
         )
+    }
+}
+
+/// Reads a watch's snapshot page by page (keyset pagination by id), each page in a short transaction of its
+/// own, and makes the pages one consistent view as of the first page's revision `R`.
+///
+/// A later page is read at a later revision `Rk`. Users changed in `(R, Rk]` are rewound to their state at `R`
+/// from the change log, which keeps the state before every change: a user's first change after `R` says what
+/// it was at `R` (created: absent; updated: its previous values; deleted: its last values). The client thus
+/// gets exactly the users that matched at `R`, in id order, then SNAPSHOT_COMPLETE at `R`, then every change
+/// after `R`. Memory stays bounded by a page plus the first change of each user changed while the snapshot is
+/// read, never by the size of the table, and no transaction is held while the client reads.
+#[derive(Default)]
+struct SnapshotReader {
+    /// Users of the page read last, not sent yet.
+    pending: VecDeque<User>,
+    /// Pages continue after this id.
+    after_id: i64,
+    /// `R`: the first page's revision.
+    revision: Option<i64>,
+    /// Whether the last page has been read.
+    done: bool,
+    /// The first change after `R` of each user above `after_id`, read from the log up to `log_read_to`.
+    first_changes: BTreeMap<i64, Change>,
+    log_read_to: i64,
+}
+
+impl SnapshotReader {
+    /// The snapshot's revision, once every user was taken from `pending`.
+    fn complete(&self) -> Option<i64> {
+        if self.done && self.pending.is_empty() { self.revision } else { None }
+    }
+
+    async fn read_page(&mut self, feed: &ChangeFeed, filter: &Filter) -> Result<(), WatchEnd> {
+        let limit = feed.config.page_size.max(1);
+        let page = feed.store.snapshot_page(filter, self.after_id, limit).await?;
+        let revision = *self.revision.get_or_insert_with(|| {
+            self.log_read_to = page.revision;
+            page.revision
+        });
+        let full = page.users.len() == limit as usize;
+        // The ids this page covers: up to its last row, or all the rest after the last page.
+        let upper = match page.users.last() {
+            Some(last) if full => last.id,
+            _ => i64::MAX,
+        };
+        let mut users = page.users;
+        if page.revision > revision {
+            self.read_log(feed, page.revision).await?;
+            let changed: Vec<&Change> = self
+                .first_changes
+                .range((Bound::Excluded(self.after_id), Bound::Included(upper)))
+                .map(|(_, change)| change)
+                .filter(|change| change.revision <= page.revision)
+                .collect();
+            if !changed.is_empty() {
+                users.retain(|user| !changed.iter().any(|change| change.user.id == user.id));
+                users.extend(changed.into_iter().filter_map(state_before).filter(|user| filter.matches(user)));
+                users.sort_unstable_by_key(|user| user.id);
+            }
+        }
+        // Users up to `upper` are settled: their first changes are no longer needed.
+        self.first_changes = match upper.checked_add(1) {
+            Some(next) => self.first_changes.split_off(&next),
+            None => BTreeMap::new(),
+        };
+        self.pending = users.into();
+        self.after_id = upper;
+        self.done = !full;
+        Ok(())
+    }
+
+    /// Reads the change log up to at least `up_to`, keeping the first change of each user not settled yet.
+    async fn read_log(&mut self, feed: &ChangeFeed, up_to: i64) -> Result<(), WatchEnd> {
+        while self.log_read_to < up_to {
+            let changes = match feed.store.changes_after(self.log_read_to, feed.config.page_size.max(1)).await {
+                Ok(changes) => changes,
+                // The log no longer reaches back to the snapshot's revision: it cannot be made consistent.
+                Err(StoreError::RevisionCompacted { .. }) => {
+                    return Err(WatchEnd::Status(
+                        ServiceError::Aborted(
+                            "the change log moved on while the snapshot was read; watch again".into(),
+                        )
+                        .into(),
+                    ));
+                }
+                Err(error) => return Err(error.into()),
+            };
+            let Some(last) = changes.last().map(|change| change.revision) else { break };
+            for change in changes {
+                if change.user.id > self.after_id {
+                    self.first_changes.entry(change.user.id).or_insert(change);
+                }
+            }
+            self.log_read_to = last;
+        }
+        Ok(())
+    }
+}
+
+/// A user's state just before `change`: `None` when the change created it.
+fn state_before(change: &Change) -> Option<User> {
+    match change.kind {
+        ChangeKind::Created => None,
+        ChangeKind::Updated => change.previous.clone(),
+        ChangeKind::Deleted => Some(change.user.clone()),
     }
 }

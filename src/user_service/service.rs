@@ -4,16 +4,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::proto::user::user_service_server::UserService;
 use crate::proto::user::{
     BatchCreateUsersResponse, CreateUserRequest, DeleteUserRequest, GetUserRequest, GetUserResponse, ListUsersRequest,
-    ListUsersResponse, UpdateUserRequest, User, UserEvent, WatchUsersRequest,
+    ListUsersResponse, UpdateUserRequest, User, WatchUsersRequest,
 };
 use crate::user_service::error::ServiceError;
-use crate::user_service::events::ChangeFeed;
+use crate::user_service::events::{ChangeFeed, WatchStream};
 use crate::user_service::filter::{Filter, fold};
 use crate::user_service::page_token;
 use crate::user_service::password::PasswordHasher;
@@ -159,7 +158,7 @@ impl UserService for UserServiceImpl {
         Ok(Response::new(pbjson_types::Empty {}))
     }
 
-    type WatchUsersStream = ReceiverStream<Result<UserEvent, Status>>;
+    type WatchUsersStream = WatchStream;
 
     async fn watch_users(
         &self,

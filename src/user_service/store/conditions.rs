@@ -1,12 +1,36 @@
 //! AIP-160 filters as SQL conditions on `users`, for either backend.
 //!
 //! The conditions are the same on both; only the spelling of "substring of" and "array holds" differs, and
-//! sqlx's `QueryBuilder` writes each backend's placeholders (`?` or `$n`). Values from requests are always
-//! bound, never spliced into the SQL.
+//! each backend's query writer ([`SqlWriter`]) writes its own placeholders (`?` or `$n`). Values from requests
+//! are always bound, never spliced into the SQL.
 
 use sqlx::{Database, Encode, QueryBuilder, Type};
 
 use crate::user_service::filter::{Condition, Filter};
+
+/// A query being written: SQL text and bound values.
+pub(super) trait SqlWriter {
+    fn push(&mut self, sql: &str) -> &mut Self;
+    fn push_int(&mut self, value: i64) -> &mut Self;
+    fn push_text(&mut self, value: String) -> &mut Self;
+}
+
+impl<DB> SqlWriter for QueryBuilder<DB>
+where
+    DB: Database,
+    i64: for<'q> Encode<'q, DB> + Type<DB>,
+    String: for<'q> Encode<'q, DB> + Type<DB>,
+{
+    fn push(&mut self, sql: &str) -> &mut Self {
+        QueryBuilder::push(self, sql)
+    }
+    fn push_int(&mut self, value: i64) -> &mut Self {
+        self.push_bind(value)
+    }
+    fn push_text(&mut self, value: String) -> &mut Self {
+        self.push_bind(value)
+    }
+}
 
 /// Which SQL the conditions are written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,56 +58,39 @@ impl Dialect {
 }
 
 /// Appends ` AND …` for every condition of `filter`.
-pub(super) fn push_conditions<DB>(query: &mut QueryBuilder<DB>, filter: &Filter, dialect: Dialect)
-where
-    DB: Database,
-    i64: for<'q> Encode<'q, DB> + Type<DB>,
-    String: for<'q> Encode<'q, DB> + Type<DB>,
-{
+pub(super) fn push_conditions(query: &mut impl SqlWriter, filter: &Filter, dialect: Dialect) {
     for condition in filter.conditions() {
         query.push(" AND ");
         match condition {
-            Condition::StatusEq(status) => query.push("status = ").push_bind(*status as i64),
-            Condition::StatusNe(status) => query.push("status != ").push_bind(*status as i64),
-            Condition::NameEq(name) => query.push("name = ").push_bind(name.clone()),
-            Condition::NameNe(name) => query.push("name != ").push_bind(name.clone()),
+            Condition::StatusEq(status) => query.push("status = ").push_int(*status as i64),
+            Condition::StatusNe(status) => query.push("status != ").push_int(*status as i64),
+            Condition::NameEq(name) => query.push("name = ").push_text(name.clone()),
+            Condition::NameNe(name) => query.push("name != ").push_text(name.clone()),
             Condition::NameContains(part) => contains(query, dialect, "name_folded", part),
-            Condition::EmailEq(email) => query.push("email_folded = ").push_bind(email.clone()),
-            Condition::EmailNe(email) => query.push("email_folded != ").push_bind(email.clone()),
+            Condition::EmailEq(email) => query.push("email_folded = ").push_text(email.clone()),
+            Condition::EmailNe(email) => query.push("email_folded != ").push_text(email.clone()),
             Condition::EmailContains(part) => contains(query, dialect, "email_folded", part),
             Condition::HasRole(role) => around(query, dialect.has_role(), role),
         };
     }
 }
 
-fn contains<'a, DB>(
-    query: &'a mut QueryBuilder<DB>,
-    dialect: Dialect,
-    column: &str,
-    part: &str,
-) -> &'a mut QueryBuilder<DB>
-where
-    DB: Database,
-    String: for<'q> Encode<'q, DB> + Type<DB>,
-{
+fn contains<'a, W: SqlWriter>(query: &'a mut W, dialect: Dialect, column: &str, part: &str) -> &'a mut W {
     query.push(dialect.position_function()).push("(").push(column).push(", ");
-    query.push_bind(part.to_owned()).push(") > 0")
+    query.push_text(part.to_owned()).push(") > 0")
 }
 
-fn around<'a, DB>(query: &'a mut QueryBuilder<DB>, [before, after]: [&str; 2], value: &str) -> &'a mut QueryBuilder<DB>
-where
-    DB: Database,
-    String: for<'q> Encode<'q, DB> + Type<DB>,
-{
-    query.push(before).push_bind(value.to_owned()).push(after)
+fn around<'a, W: SqlWriter>(query: &'a mut W, [before, after]: [&str; 2], value: &str) -> &'a mut W {
+    query.push(before).push_text(value.to_owned()).push(after)
 }
 
 #[cfg(test)]
 mod tests {
-    use sqlx::{Postgres, QueryBuilder, Sqlite};
+    use sqlx::{Postgres, QueryBuilder};
 
     use super::{Dialect, push_conditions};
     use crate::user_service::filter::Filter;
+    use crate::user_service::store::sqlite::SqliteQuery;
 
     #[test]
     fn each_condition_in_each_dialect() -> Result<(), crate::user_service::filter::FilterError> {
@@ -111,9 +118,9 @@ mod tests {
         ];
         for (filter, sqlite, postgres) in cases {
             let filter = Filter::parse(filter)?;
-            let mut query = QueryBuilder::<Sqlite>::new("");
+            let mut query = SqliteQuery::new("");
             push_conditions(&mut query, &filter, Dialect::Sqlite);
-            assert_eq!(query.into_string(), sqlite);
+            assert_eq!(query.sql(), sqlite);
             let mut query = QueryBuilder::<Postgres>::new("");
             push_conditions(&mut query, &filter, Dialect::Postgres);
             assert_eq!(query.into_string(), postgres);

@@ -82,9 +82,9 @@ pub struct Change {
     pub committed_at: pbjson_types::Timestamp,
 }
 
-/// A consistent view of the matching users and the revision it reflects.
+/// One page of the matching users, read in one consistent transaction with the revision it reflects.
 #[derive(Debug, Clone)]
-pub struct Snapshot {
+pub struct SnapshotPage {
     pub users: Vec<User>,
     pub revision: i64,
 }
@@ -105,6 +105,16 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("cannot start the database writer thread: {0}")]
+    Thread(std::io::Error),
+    /// A write's commit failed (for every write committed in the same group).
+    #[error("commit failed: {0}")]
+    Commit(std::sync::Arc<rusqlite::Error>),
+    /// The store is shutting down (its writer thread or blocking pool is gone).
+    #[error("the database connection is closed")]
+    WriterGone,
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0:?} is not a sqlite: or postgres:// database URL")]
@@ -205,8 +215,10 @@ pub trait Store: Send + Sync + 'static {
     /// The latest committed revision (0 before the first change).
     async fn head_revision(&self) -> Result<i64, StoreError>;
 
-    /// The users matching `filter` and the revision they reflect, read in one consistent transaction.
-    async fn snapshot(&self, filter: &Filter) -> Result<Snapshot, StoreError>;
+    /// Up to `limit` users matching `filter` with ids greater than `after_id`, in ascending id order, and the
+    /// revision they reflect, read in one consistent transaction. A watch reads its snapshot page by page this
+    /// way, so it never holds more than a page, nor a transaction between pages.
+    async fn snapshot_page(&self, filter: &Filter, after_id: i64, limit: u32) -> Result<SnapshotPage, StoreError>;
 
     /// Up to `limit` changes with revisions greater than `after`, in order. Fails with
     /// [`StoreError::RevisionCompacted`] when changes after `after` were already dropped from the log, and

@@ -40,16 +40,19 @@ use super::conditions::{Dialect, push_conditions};
 use super::lease::{AdvisoryLease, RelayLease};
 use super::listener::{self, CHANNEL};
 use super::stored::{
-    CHANGE_COLUMNS, StoredUser, USER_COLUMNS, audited, change_from_row, is_unique_violation, now_micros_as_nanos,
-    roles_to_json,
+    StoredUser, USER_COLUMNS, change_columns, change_from_row, is_unique_violation, now_micros_as_nanos, roles_to_json,
+    user_columns,
 };
-use super::{Change, ChangeKind, NewUser, Snapshot, Store, StoreError, StoreOptions, User, UserPatch};
+use super::{Change, ChangeKind, NewUser, SnapshotPage, Store, StoreError, StoreOptions, User, UserPatch};
 use crate::proto::user::UserStatus;
 use crate::user_service::filter::{Filter, fold};
 
 /// Read-only, and one snapshot for every statement: the revision and the rows read with it agree.
 const BEGIN_CONSISTENT_READ: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY";
 
+const GET_USER: &str = concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1");
+const CHANGES_AFTER: &str =
+    concat!("SELECT ", change_columns!(), " FROM user_changes WHERE revision > $1 ORDER BY revision LIMIT $2");
 const PRUNE: &str = "DELETE FROM user_changes WHERE revision <= $1";
 const PRUNE_PUBLISHED: &str =
     "DELETE FROM user_changes WHERE revision <= LEAST($1, (SELECT published FROM relay_mark))";
@@ -150,11 +153,7 @@ impl PostgresStore {
     }
 
     async fn fetch_stored(tx: &mut Transaction<'static, Postgres>, id: i64) -> Result<StoredUser, StoreError> {
-        let row = sqlx::query(audited(format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1")))
-            .bind(id)
-            .fetch_optional(&mut **tx)
-            .await?
-            .ok_or(StoreError::NotFound(id))?;
+        let row = sqlx::query(GET_USER).bind(id).fetch_optional(&mut **tx).await?.ok_or(StoreError::NotFound(id))?;
         StoredUser::from_row(&row)
     }
 }
@@ -162,11 +161,7 @@ impl PostgresStore {
 #[async_trait::async_trait]
 impl Store for PostgresStore {
     async fn get_user(&self, id: i64) -> Result<User, StoreError> {
-        let row = sqlx::query(audited(format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1")))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(StoreError::NotFound(id))?;
+        let row = sqlx::query(GET_USER).bind(id).fetch_optional(&self.pool).await?.ok_or(StoreError::NotFound(id))?;
         StoredUser::from_row(&row)?.into_user()
     }
 
@@ -268,16 +263,17 @@ impl Store for PostgresStore {
         Ok(sqlx::query_scalar("SELECT revision FROM revision_counter").fetch_one(&self.pool).await?)
     }
 
-    async fn snapshot(&self, filter: &Filter) -> Result<Snapshot, StoreError> {
+    async fn snapshot_page(&self, filter: &Filter, after_id: i64, limit: u32) -> Result<SnapshotPage, StoreError> {
         let mut tx = self.pool.begin_with(BEGIN_CONSISTENT_READ).await?;
         let revision: i64 = sqlx::query_scalar("SELECT revision FROM revision_counter").fetch_one(&mut *tx).await?;
-        let mut query = QueryBuilder::<Postgres>::new(format!("SELECT {USER_COLUMNS} FROM users WHERE 1 = 1"));
+        let mut query = QueryBuilder::<Postgres>::new(format!("SELECT {USER_COLUMNS} FROM users WHERE id > "));
+        query.push_bind(after_id);
         push_conditions(&mut query, filter, Dialect::Postgres);
-        query.push(" ORDER BY id");
+        query.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit));
         let rows = query.build().fetch_all(&mut *tx).await?;
         tx.commit().await?;
         let users = rows.iter().map(|row| StoredUser::from_row(row)?.into_user()).collect::<Result<_, _>>()?;
-        Ok(Snapshot { users, revision })
+        Ok(SnapshotPage { users, revision })
     }
 
     async fn changes_after(&self, after: i64, limit: u32) -> Result<Vec<Change>, StoreError> {
@@ -293,13 +289,7 @@ impl Store for PostgresStore {
         {
             return Err(StoreError::RevisionCompacted { requested: after, oldest });
         }
-        let rows = sqlx::query(audited(format!(
-            "SELECT {CHANGE_COLUMNS} FROM user_changes WHERE revision > $1 ORDER BY revision LIMIT $2"
-        )))
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows = sqlx::query(CHANGES_AFTER).bind(after).bind(i64::from(limit)).fetch_all(&mut *tx).await?;
         tx.commit().await?;
         rows.iter().map(change_from_row).collect()
     }

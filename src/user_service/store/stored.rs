@@ -5,49 +5,62 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::postgres::PgRow;
-use sqlx::sqlite::SqliteRow;
 
 use super::{Change, ChangeKind, StoreError, User, UserPatch};
 use crate::proto::user::UserEventType;
 
-pub(super) const USER_COLUMNS: &str = "id, name, email, roles, status, created_at_ns";
-pub(super) const CHANGE_COLUMNS: &str = "revision, kind, user_id, name, email, roles, status, created_at_ns, \
-                                         prev_name, prev_email, prev_roles, prev_status, committed_at_ns";
+/// The columns of a `users` row as [`StoredUser`] reads it; a macro, so that statements can be `concat!`ed
+/// into constants (prepared once, never formatted per call).
+macro_rules! user_columns {
+    () => {
+        "id, name, email, roles, status, created_at_ns"
+    };
+}
+/// The columns of a `user_changes` row as [`change_from_row`] reads it.
+macro_rules! change_columns {
+    () => {
+        "revision, kind, user_id, name, email, roles, status, created_at_ns, prev_name, prev_email, prev_roles, \
+         prev_status, committed_at_ns"
+    };
+}
+pub(super) use {change_columns, user_columns};
 
-/// Typed column reads, implemented for each backend's row type. sqlx's own `Row::try_get` needs a bound per
-/// decoded type and database; naming the four shapes the schema uses keeps the decoding code backend-free.
+pub(super) const USER_COLUMNS: &str = user_columns!();
+
+/// Typed column reads, implemented for each backend's row type (sqlx's PostgreSQL rows, rusqlite's rows).
+/// Naming the shapes the schema uses keeps the decoding code backend-free.
 pub(super) trait Columns {
-    fn int(&self, column: &str) -> Result<i64, sqlx::Error>;
-    fn small(&self, column: &str) -> Result<i32, sqlx::Error>;
-    fn text(&self, column: &str) -> Result<String, sqlx::Error>;
-    fn optional_text(&self, column: &str) -> Result<Option<String>, sqlx::Error>;
-    fn optional_small(&self, column: &str) -> Result<Option<i32>, sqlx::Error>;
+    fn int(&self, column: &str) -> Result<i64, StoreError>;
+    fn small(&self, column: &str) -> Result<i32, StoreError>;
+    fn text(&self, column: &str) -> Result<String, StoreError>;
+    fn optional_text(&self, column: &str) -> Result<Option<String>, StoreError>;
+    fn optional_small(&self, column: &str) -> Result<Option<i32>, StoreError>;
 }
 
 macro_rules! columns_for {
-    ($row:ty) => {
+    ($row:ty, $get:expr) => {
         impl Columns for $row {
-            fn int(&self, column: &str) -> Result<i64, sqlx::Error> {
-                sqlx::Row::try_get(self, column)
+            fn int(&self, column: &str) -> Result<i64, StoreError> {
+                Ok($get(self, column)?)
             }
-            fn small(&self, column: &str) -> Result<i32, sqlx::Error> {
-                sqlx::Row::try_get(self, column)
+            fn small(&self, column: &str) -> Result<i32, StoreError> {
+                Ok($get(self, column)?)
             }
-            fn text(&self, column: &str) -> Result<String, sqlx::Error> {
-                sqlx::Row::try_get(self, column)
+            fn text(&self, column: &str) -> Result<String, StoreError> {
+                Ok($get(self, column)?)
             }
-            fn optional_text(&self, column: &str) -> Result<Option<String>, sqlx::Error> {
-                sqlx::Row::try_get(self, column)
+            fn optional_text(&self, column: &str) -> Result<Option<String>, StoreError> {
+                Ok($get(self, column)?)
             }
-            fn optional_small(&self, column: &str) -> Result<Option<i32>, sqlx::Error> {
-                sqlx::Row::try_get(self, column)
+            fn optional_small(&self, column: &str) -> Result<Option<i32>, StoreError> {
+                Ok($get(self, column)?)
             }
         }
     };
 }
 
-columns_for!(SqliteRow);
-columns_for!(PgRow);
+columns_for!(PgRow, sqlx::Row::try_get);
+columns_for!(rusqlite::Row<'_>, rusqlite::Row::get);
 
 /// A user row as stored (roles still JSON), used to compare and log without re-encoding.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,12 +150,6 @@ pub(super) fn change_from_row(row: &impl Columns) -> Result<Change, StoreError> 
         previous: previous.map(StoredUser::into_user).transpose()?,
         committed_at: timestamp_from_nanos(row.int("committed_at_ns")?),
     })
-}
-
-/// Marks SQL built with `format!` as safe. Every caller formats only the stores' constants; values from
-/// requests are always bound as parameters.
-pub(super) fn audited(sql: String) -> sqlx::AssertSqlSafe<String> {
-    sqlx::AssertSqlSafe(sql)
 }
 
 pub(super) fn is_unique_violation(error: &sqlx::Error) -> bool {
