@@ -49,6 +49,8 @@ use tonic::transport::Channel;
 mod postgres;
 #[path = "gateway/services.rs"]
 mod services;
+#[path = "common/stop.rs"]
+mod stop;
 #[path = "gateway/tracing.rs"]
 mod tracing;
 
@@ -1229,21 +1231,6 @@ struct ChildGuard {
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        // std cannot send SIGTERM, and the crate forbids the unsafe code a libc call needs; kill(1) can.
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).stderr(Stdio::null()).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            match self.child.try_wait() {
-                Ok(Some(_)) => return,
-                Ok(None) => thread::sleep(Duration::from_millis(20)),
-                Err(_) => break,
-            }
-        }
-        eprintln!("portico {} did not stop within 5 s of SIGTERM; killing it", self.name);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop::terminate(&mut self.child, &self.name);
     }
 }

@@ -18,6 +18,8 @@
 mod procfs;
 #[path = "sse_fanout/servers.rs"]
 mod servers;
+#[path = "common/stop.rs"]
+mod stop;
 #[path = "sse_fanout/watchers.rs"]
 mod watchers;
 

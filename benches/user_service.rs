@@ -21,6 +21,9 @@
 //! Run it with `scripts/bench-user-service.sh` (or `cargo bench --bench user_service -- …`). Linux only (/proc).
 //! It reports figures and never asserts them: the load generator shares the machine's cores.
 
+#[path = "common/stop.rs"]
+mod stop;
+
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
@@ -599,16 +602,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.pid.to_string()]).stderr(Stdio::null()).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_)) | Err(_)) {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop::terminate(&mut self.child, self.name);
     }
 }
 
