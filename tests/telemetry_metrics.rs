@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::TestResult;
+use common::metrics::{sample, scrape};
 use common::process::{Error, FAST_FLAGS, Process};
 use common::rest::{get, post_json};
 use serde_json::json;
@@ -57,18 +58,6 @@ async fn wait_ready(addr: SocketAddr) -> Result<(), Error> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
-}
-
-/// The value of the sample `name{labels}` on the page, 0 when absent.
-fn sample(page: &str, series: &str) -> f64 {
-    page.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
-}
-
-async fn scrape(admin: SocketAddr) -> Result<String, Error> {
-    let reply = get(admin, "/metrics").await?;
-    assert_eq!(reply.status, 200);
-    assert_eq!(reply.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
-    Ok(reply.text())
 }
 
 /// Scrapes until every series has its expected value (a response's observation is made when its body has

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::TestResult;
+use common::metrics::{sample, scrape};
 use common::process::{Error, FAST_FLAGS, Process};
 use common::rest::{get, post_json, send};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
@@ -248,14 +249,6 @@ async fn closed_port() -> Result<SocketAddr, Error> {
     let addr = listener.local_addr()?;
     drop(listener);
     Ok(addr)
-}
-
-async fn scrape(admin: SocketAddr) -> Result<String, Error> {
-    Ok(get(admin, "/metrics").await?.text())
-}
-
-fn sample(page: &str, series: &str) -> f64 {
-    page.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
 }
 
 #[tokio::test]

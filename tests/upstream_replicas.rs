@@ -118,10 +118,13 @@ async fn a_draining_replica_gets_no_new_requests() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_replica_costs_bounded_504s_then_is_ejected() -> TestResult {
     // Health checks slower than the breaker, so that the breaker's part is seen.
-    let cluster = cluster(&[], &["--upstream-health-interval", "2s", "--upstream-health-timeout", "1s"]).await?;
+    // The gateway's own deadline: one a client chooses says nothing about the endpoint and never ejects it.
+    let gateway_flags =
+        ["--upstream-health-interval", "2s", "--upstream-health-timeout", "1s", "--upstream-timeout", "400ms"];
+    let cluster = cluster(&[], &gateway_flags).await?;
     let hung = &cluster.replicas[1];
     hung.signal("-STOP")?; // alive, connections open, answers nothing
-    let deadline = [("grpc-timeout", "400m")];
+    let deadline: [(&str, &str); 0] = [];
     let load = Load::start(cluster.gateway.addr, &cluster.user, &deadline, 8);
     let opened = |e: Option<&serde_json::Value>| e.is_some_and(|e| e["breaker"]["state"] == "OPEN");
     cluster.gateway.wait_for_endpoint(hung.addr, "ejected by its breaker", Duration::from_secs(10), opened).await?;

@@ -68,8 +68,9 @@ async fn unary(
 ) -> Result<Response, GatewayError> {
     let started = tokio::time::Instant::now();
     let message = request_message(state, route, path, &parts, body).await?;
-    let timeout = metadata::deadline(metadata::client_timeout(&parts.headers)?, state.config.default_timeout);
-    let options = call_options(route, &parts, timeout, started)?;
+    let client_timeout = metadata::client_timeout(&parts.headers)?;
+    let timeout = metadata::deadline(client_timeout, state.config.default_timeout);
+    let options = call_options(route, &parts, timeout, timeout != state.config.default_timeout, started)?;
     let response = state.clusters.get(route.cluster).upstream.unary(&route.grpc, &options, encode(&message)).await?;
     json_response(route, response)
 }
@@ -78,9 +79,16 @@ fn call_options(
     route: &Route,
     parts: &Parts,
     timeout: Option<Duration>,
+    client_deadline: bool,
     started: tokio::time::Instant,
 ) -> Result<CallOptions, GatewayError> {
-    Ok(CallOptions { metadata: request_metadata(parts)?, idempotent: route.idempotent, timeout, started })
+    Ok(CallOptions {
+        metadata: request_metadata(parts)?,
+        idempotent: route.idempotent,
+        timeout,
+        started,
+        client_deadline,
+    })
 }
 
 fn encode(message: &DynamicMessage) -> Bytes {
@@ -162,7 +170,7 @@ async fn server_streaming(
     let timeout = metadata::client_timeout(&parts.headers)?;
     // The deadline counts from the request's arrival, not from the moment the stream starts.
     let expires_at = timeout.map(|d| started + d);
-    let options = call_options(route, &parts, timeout, started)?;
+    let options = call_options(route, &parts, timeout, timeout.is_some(), started)?;
     // Taken before the upstream call: a stream beyond the cap never reaches the upstream.
     let slot = state.streams.take()?;
     let (response, lease) =
@@ -224,8 +232,9 @@ async fn client_streaming(
     {
         return Err(GatewayError::PayloadTooLarge { limit: state.config.max_body_bytes });
     }
-    let timeout = metadata::deadline(metadata::client_timeout(&parts.headers)?, state.config.default_timeout);
-    let options = call_options(route, &parts, timeout, started)?;
+    let client_timeout = metadata::client_timeout(&parts.headers)?;
+    let timeout = metadata::deadline(client_timeout, state.config.default_timeout);
+    let options = call_options(route, &parts, timeout, timeout != state.config.default_timeout, started)?;
     let limits = RequestStreamLimits {
         idle_timeout: state.config.body_read_timeout,
         max_body_bytes: state.config.max_body_bytes,

@@ -133,24 +133,11 @@ fn milliseconds(out: &mut Vec<u8>, duration: Duration) {
     let _ = write!(out, "{}.{:03}", micros / 1000, micros % 1000);
 }
 
-/// A JSON string of bytes that are text; control characters, quotes and backslashes escaped, and anything
-/// that is not UTF-8 replaced.
+/// A JSON string of bytes that are text (anything that is not UTF-8 replaced), escaped by serde_json.
 fn json_string(out: &mut Vec<u8>, text: &[u8]) {
-    out.push(b'"');
-    for ch in String::from_utf8_lossy(text).chars() {
-        match ch {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            ch if u32::from(ch) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(ch));
-            }
-            ch => {
-                let mut utf8 = [0; 4];
-                out.extend_from_slice(ch.encode_utf8(&mut utf8).as_bytes());
-            }
-        }
-    }
-    out.push(b'"');
+    // Writing into a Vec cannot fail.
+    let _ =
+        serde::Serializer::serialize_str(&mut serde_json::Serializer::new(&mut *out), &String::from_utf8_lossy(text));
 }
 
 #[cfg(test)]

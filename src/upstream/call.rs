@@ -59,6 +59,10 @@ pub struct CallOptions {
     pub timeout: Option<Duration>,
     /// When the request arrived; the deadline counts from here.
     pub started: Instant,
+    /// The deadline is one the client chose (a `Grpc-Timeout` shorter than the gateway's own). Missing it says
+    /// nothing about the endpoint: a client sending `Grpc-Timeout: 5u` must not be able to eject a healthy
+    /// upstream through its circuit breaker.
+    pub client_deadline: bool,
 }
 
 impl CallOptions {
@@ -207,13 +211,17 @@ where
                 return Ok((value, lease));
             }
             Err(AttemptError::TimedOut) => {
-                lease.failed("no answer before the deadline");
+                if !options.client_deadline {
+                    lease.failed("no answer before the deadline");
+                }
                 return Err(timed_out());
             }
             Err(AttemptError::Status(status)) => status,
         };
         let classified = classify(&status);
-        if classified.counts_against_endpoint() {
+        if classified.failure == Failure::DeadlineExceeded && options.client_deadline {
+            // The client's own short deadline: neither a failure nor a success of the endpoint.
+        } else if classified.counts_against_endpoint() {
             lease.failed(&format!("{:?}: {}", status.code(), status.message()));
         } else {
             lease.succeeded();
@@ -471,7 +479,13 @@ mod tests {
     }
 
     fn options(idempotent: bool, timeout: Option<Duration>) -> CallOptions {
-        CallOptions { metadata: MetadataMap::new(), idempotent, timeout, started: Instant::now() }
+        CallOptions {
+            metadata: MetadataMap::new(),
+            idempotent,
+            timeout,
+            started: Instant::now(),
+            client_deadline: false,
+        }
     }
 
     /// Runs a call whose attempts answer from `answers` in turn; returns the outcome and the attempts made.
@@ -543,6 +557,27 @@ mod tests {
         let (result, attempts) = call(&upstream, &options(true, Some(Duration::from_millis(300))), vec![]).await;
         assert!(matches!(result, Err(CallError::DeadlineExceeded(d)) if d == Duration::from_millis(300)));
         assert_eq!((attempts, started.elapsed()), (1, Duration::from_millis(300)));
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_the_client_chose_does_not_count_against_the_endpoint() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let failures = |upstream: &FakeUpstream| -> u64 {
+            upstream.balancer.endpoints().iter().map(|e| e.snapshot(Instant::now()).failures).sum()
+        };
+        let late = || Err(Status::deadline_exceeded("late"));
+        let upstream = FakeUpstream::new(RetryBudgetConfig::default())?;
+        let client = CallOptions { client_deadline: true, ..options(false, Some(Duration::from_micros(5))) };
+        for _ in 0..10 {
+            let (result, _) = call(&upstream, &client, vec![late()]).await;
+            assert!(result.is_err());
+        }
+        assert_eq!(failures(&upstream), 0, "a client's 5 µs deadline is the client's own business");
+
+        let (result, _) = call(&upstream, &options(false, Some(Duration::from_secs(30))), vec![late()]).await;
+        assert!(result.is_err());
+        assert_eq!(failures(&upstream), 1, "the gateway's own deadline still counts");
         Ok(())
     }
 

@@ -184,6 +184,7 @@ pub fn violations(status: &tonic::Status) -> Vec<(String, String)> {
 pub mod dnsmasq;
 pub mod echo;
 pub mod jwt;
+pub mod metrics;
 pub mod nats;
 pub mod pki;
 pub mod postgres;
