@@ -15,6 +15,9 @@ use portico::{gateway, telemetry, user_service};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let mut cli = Cli::parse();

@@ -112,18 +112,27 @@ impl Collector {
 }
 
 struct Pair {
-    _user_service: Process,
+    user_service: Process,
     gateway_process: Process,
     gateway: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
 async fn start_pair(collector: SocketAddr, gateway_flags: &[&str]) -> Result<Pair, Error> {
+    start_pair_with(collector, gateway_flags, &[]).await
+}
+
+async fn start_pair_with(
+    collector: SocketAddr,
+    gateway_flags: &[&str],
+    user_service_flags: &[&str],
+) -> Result<Pair, Error> {
     let dir = tempfile::tempdir()?;
     let db = format!("sqlite://{}", dir.path().join("t.db").display());
     let endpoint = format!("http://{collector}");
     let mut args = vec!["user-service", "--listen", "127.0.0.1:0", "--db", &db, "--otlp-endpoint", &endpoint];
     args.extend(FAST_FLAGS);
+    args.extend(user_service_flags);
     let user_service = Process::start(&args, "info")?;
     let grpc = user_service.address("user service listening").await?;
     let upstream = format!("http://{grpc}");
@@ -138,7 +147,7 @@ async fn start_pair(collector: SocketAddr, gateway_flags: &[&str]) -> Result<Pai
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(Pair { _user_service: user_service, gateway_process, gateway, _dir: dir })
+    Ok(Pair { user_service, gateway_process, gateway, _dir: dir })
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -212,10 +221,35 @@ async fn a_request_with_a_traceparent_is_one_trace_from_http_to_sql() -> TestRes
     assert_eq!(statement.span.parent_span_id, upstream.span.span_id);
     assert_eq!(statement.attribute("db.system").as_deref(), Some("sqlite"));
 
-    // The request's log line carries the trace id.
+    // The request's log line carries the trace id, and so does a line logged inside a traced span: the
+    // UserService's call line, last on the line.
     pair.gateway_process
         .wait_for_line(|line| line.contains("request") && line.contains(CLIENT_TRACE), Duration::from_secs(5))
         .await?;
+    let call_line = pair
+        .user_service
+        .wait_for_line(|line| line.contains("grpc call") && line.contains("GetUser"), Duration::from_secs(5))
+        .await?;
+    assert!(call_line.trim_end().ends_with(&format!(" trace_id={CLIENT_TRACE}")), "{call_line}");
+    // The spans' attributes are for the exporter, not the log lines.
+    assert!(!call_line.contains("rpc.system"), "{call_line}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_json_line_logged_inside_a_traced_call_has_its_trace_id() -> TestResult {
+    let (_collector, collector_addr) = Collector::start().await?;
+    let pair = start_pair_with(collector_addr, &[], &["--log-format", "json"]).await?;
+    let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
+    let reply = send(pair.gateway, http::Method::GET, "/v1/users/12345", &[("traceparent", &traceparent)], "").await?;
+    assert_eq!(reply.status, 404, "{}", reply.text());
+    let line = pair
+        .user_service
+        .wait_for_line(|line| line.contains("grpc call") && line.contains("GetUser"), Duration::from_secs(5))
+        .await?;
+    let record: serde_json::Value = serde_json::from_str(line.trim()).map_err(|e| format!("{e}: {line}"))?;
+    assert_eq!(record["trace_id"], CLIENT_TRACE, "{line}");
+    assert_eq!(record["code"], "NOT_FOUND", "{line}");
     Ok(())
 }
 

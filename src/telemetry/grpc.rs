@@ -55,11 +55,8 @@ pub fn server_span(path: &str, headers: &http::HeaderMap) -> tracing::Span {
         rpc.service = service,
         rpc.method = method,
         rpc.grpc.status_code = Empty,
-        trace_id = Empty,
     );
-    if let Some(trace_id) = traces::continue_trace(&span, headers) {
-        span.record("trace_id", trace_id.as_str());
-    }
+    let _ = traces::continue_trace(&span, headers);
     span
 }
 

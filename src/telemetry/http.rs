@@ -16,6 +16,7 @@ use axum::extract::MatchedPath;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, header};
 use http_body::{Body as _, Frame, SizeHint};
+use opentelemetry::trace::SpanContext;
 use prometheus_client::metrics::gauge::Gauge;
 use tower::{Layer, Service};
 use tracing::field::Empty;
@@ -80,7 +81,7 @@ where
         let started = Instant::now();
         let method = method_label(request.method());
         let matched = request.extensions().get::<MatchedPath>().map(|path| path.as_str().to_owned());
-        let (span, trace_id) = if traces::enabled() {
+        let (span, span_context) = if traces::enabled() {
             self.server_span(&request, &method, matched.as_ref())
         } else {
             (tracing::Span::none(), None)
@@ -107,6 +108,7 @@ where
                 tracing::Instrument::instrument(response, span.clone()).await?
             };
             let status = response.status();
+            let trace_id = span_context.as_ref().map(traces::TraceIdHex::new);
             let routed = response.extensions().get::<RoutedRpc>().cloned();
             if let Some((uri, request_id, request_method)) = &logged {
                 access_log::write(&access_log::RequestLine {
@@ -116,7 +118,7 @@ where
                     duration: started.elapsed(),
                     rpc: routed.as_ref().map_or("-", |routed| routed.0.rpc_name()),
                     request_id: request_id.as_ref().map(HeaderValue::as_bytes),
-                    trace_id: trace_id.as_deref(),
+                    trace_id: trace_id.as_ref().map(traces::TraceIdHex::as_str),
                 });
             }
             let route: Cow<'static, str> = match (&routed, matched) {
@@ -125,14 +127,14 @@ where
                 (None, None) => Cow::Borrowed("unmatched"),
             };
             if !span.is_disabled() {
-                span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
+                span.record("http.response.status_code", i64::from(status.as_u16()));
                 if status.is_server_error() {
                     span.record("otel.status_code", "error");
                 }
             }
             let (mut parts, body) = response.into_parts();
-            if let Some(value) = traces::traceresponse(&span) {
-                parts.headers.insert("traceresponse", value);
+            if let Some(span_context) = &span_context {
+                parts.headers.insert("traceresponse", traces::traceresponse(span_context));
             }
             let route_labels = RouteLabels { method: method.clone(), route: route.clone() };
             let stream = is_stream(&parts.headers).then(|| {
@@ -156,40 +158,33 @@ where
 }
 
 impl<S> HttpTelemetry<S> {
-    /// The request's server span, continuing the client's trace, and its trace id; only made when traces are
-    /// exported (the request line is not a span event, see `access_log.rs`).
+    /// The request's server span, continuing the client's trace, and its context; only made when traces are
+    /// exported (the request line is not a span event, see `access_log.rs`). Its attributes are its fields,
+    /// which the log layer does not see (see `logs.rs`).
     fn server_span(
         &self,
         request: &Request<Body>,
         method: &str,
         matched: Option<&String>,
-    ) -> (tracing::Span, Option<String>) {
-        let span = tracing::info_span!(
-            "http",
-            method = %request.method(),
-            path = %request.uri().path(),
-            otel.name = Empty,
-            otel.kind = Empty,
-            otel.status_code = Empty,
-            trace_id = Empty,
-        );
+    ) -> (tracing::Span, Option<SpanContext>) {
         let route = matched.cloned().or_else(|| (self.route_hint)(request.method(), request.uri().path()));
         let name = match &route {
             Some(route) => format!("{method} {route}"),
             None => method.to_string(),
         };
-        span.record("otel.name", name.as_str()).record("otel.kind", "server");
-        let trace_id = traces::continue_trace(&span, request.headers());
-        if let Some(trace_id) = &trace_id {
-            span.record("trace_id", trace_id.as_str());
-        }
-        span.set_attribute("http.request.method", method.to_owned());
-        span.set_attribute("url.path", request.uri().path().to_owned());
-        span.set_attribute("url.scheme", "http");
-        if let Some(route) = route {
-            span.set_attribute("http.route", route);
-        }
-        (span, trace_id)
+        let span = tracing::info_span!(
+            "http",
+            otel.name = name,
+            otel.kind = "server",
+            otel.status_code = Empty,
+            http.request.method = method,
+            http.route = route,
+            http.response.status_code = Empty,
+            url.path = request.uri().path(),
+            url.scheme = "http",
+        );
+        let span_context = traces::continue_trace(&span, request.headers());
+        (span, span_context)
     }
 }
 

@@ -9,6 +9,7 @@ pub mod http;
 pub mod log_sink;
 mod logs;
 pub mod metrics;
+pub mod otlp;
 pub mod store;
 pub mod traces;
 pub mod upstream;
@@ -63,6 +64,8 @@ pub fn init(format: LogFormat, traces: Option<&TraceConfig>) -> Result<Telemetry
     let otel = provider.as_ref().map(traces::layer);
     // One filter for both: spans the log filter drops are not exported either, and the exporter's own
     // transport (h2, hyper at debug) cannot trace itself.
-    let _ = tracing_subscriber::registry().with(filter()).with(otel).with(logs::layer(format)).try_init();
+    if tracing_subscriber::registry().with(filter()).with(otel).with(logs::layer(format)).try_init().is_ok() {
+        logs::remember_dispatch();
+    }
     Ok(Telemetry { provider })
 }

@@ -8,10 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -21,6 +20,7 @@ use opentelemetry_sdk::trace::{
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::telemetry::metrics;
+use crate::telemetry::otlp::OtlpExporter;
 
 /// Spans waiting for export at most; beyond this they are dropped and counted, so a collector that is down
 /// costs a fixed amount of memory.
@@ -62,12 +62,8 @@ impl TraceConfig {
 pub enum TraceSetupError {
     #[error("--trace-sample-ratio must be between 0 and 1, not {0}")]
     SampleRatio(f64),
-    #[error("cannot build the OTLP exporter for {endpoint}: {source}")]
-    Exporter {
-        endpoint: String,
-        #[source]
-        source: opentelemetry_otlp::ExporterBuildError,
-    },
+    #[error(transparent)]
+    Exporter(#[from] crate::telemetry::otlp::ExporterError),
 }
 
 /// Builds the tracer provider: the OTLP exporter (which connects lazily, on the first export), the bounded
@@ -80,12 +76,7 @@ pub fn provider(config: &TraceConfig) -> Result<SdkTracerProvider, TraceSetupErr
     if !(0.0..=1.0).contains(&config.sample_ratio) {
         return Err(TraceSetupError::SampleRatio(config.sample_ratio));
     }
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(config.endpoint.clone())
-        .with_timeout(config.export_timeout)
-        .build()
-        .map_err(|source| TraceSetupError::Exporter { endpoint: config.endpoint.clone(), source })?;
+    let exporter = OtlpExporter::new(&config.endpoint, config.export_timeout)?;
     let queued = Arc::new(AtomicUsize::new(0));
     let batch = BatchSpanProcessor::builder(CountingExporter {
         inner: exporter,
@@ -119,7 +110,18 @@ where
     S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
 {
     ENABLED.store(true, Ordering::Relaxed);
-    tracing_opentelemetry::layer().with_tracer(provider.tracer("portico"))
+    // Only what the semantic conventions ask for goes on a span. The bridge's extras (source file, module and
+    // line; thread id and name; target; busy and idle time, which read the clock on every poll) cost
+    // allocations and encoding on every span, and the thread a span started on says nothing on a work-stealing
+    // runtime. Nothing here reads OpenTelemetry's "current context" (the context travels explicitly, see
+    // `inject`), so entering a span need not activate it.
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("portico"))
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_tracked_inactivity(false)
+        .with_context_activation(false)
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -230,44 +232,95 @@ fn propagator() -> &'static TraceContextPropagator {
 }
 
 /// Makes `span` continue the W3C trace context in `headers` (a `traceparent` from an HTTP client or in gRPC
-/// metadata), if there is one, and returns the span's trace id (lowercase hex) for the logs. Does nothing and
-/// returns `None` when tracing is off.
-pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) -> Option<String> {
+/// metadata), if there is one, and returns the span's own context (for its trace id in the logs and the
+/// `traceresponse` header). Does nothing and returns `None` when tracing is off.
+pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) -> Option<SpanContext> {
     if !enabled() || span.is_disabled() {
         return None;
     }
-    let parent = propagator().extract(&HeaderExtractor(headers));
-    if parent.span().span_context().is_valid() {
-        let _ = span.set_parent(parent);
+    if headers.contains_key("traceparent") {
+        let parent = propagator().extract(&HeaderExtractor(headers));
+        if parent.span().span_context().is_valid() {
+            let _ = span.set_parent(parent);
+        }
     }
     let context = span.context();
     let span_context = context.span().span_context().clone();
-    span_context.is_valid().then(|| span_context.trace_id().to_string())
+    span_context.is_valid().then_some(span_context)
 }
 
-/// The `traceresponse` header value for `span` (`00-{trace id}-{span id}-{flags}`), when tracing is on.
-pub fn traceresponse(span: &tracing::Span) -> Option<http::HeaderValue> {
-    if !enabled() || span.is_disabled() {
-        return None;
+/// A trace id in lowercase hex, as W3C trace context and the logs write it, without allocating.
+pub struct TraceIdHex([u8; 32]);
+
+impl TraceIdHex {
+    pub fn new(span_context: &SpanContext) -> Self {
+        let mut hex = [0u8; 32];
+        write_hex(&mut hex, &span_context.trace_id().to_bytes());
+        Self(hex)
     }
-    let context = span.context();
-    let otel_span = context.span();
-    let span_context: &SpanContext = otel_span.span_context();
-    if !span_context.is_valid() {
-        return None;
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever written.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
-    let value =
-        format!("00-{}-{}-{:02x}", span_context.trace_id(), span_context.span_id(), span_context.trace_flags().to_u8());
-    http::HeaderValue::from_str(&value).ok()
 }
 
-/// Writes `span`'s context as `traceparent` (and `tracestate`) into outgoing gRPC metadata, replacing what
-/// the client sent: the upstream's parent is this span. Leaves the metadata alone when tracing is off.
+/// The `traceresponse` header value for a server span (`00-{trace id}-{span id}-{flags}`), as the
+/// `traceparent` the span would send.
+pub fn traceresponse(span_context: &SpanContext) -> http::HeaderValue {
+    header_value(span_context)
+}
+
+/// Writes `span`'s context as `traceparent` (and `tracestate`, when there is one) into outgoing gRPC
+/// metadata, replacing what the client sent: the upstream's parent is this span. Leaves the metadata alone
+/// when tracing is off. `traceparent` differs on every call, so it is sent never-indexed, like `x-request-id`
+/// (see `gateway/metadata.rs`).
 pub fn inject(span: &tracing::Span, metadata: &mut tonic::metadata::MetadataMap) {
     if !enabled() || span.is_disabled() {
         return;
     }
-    propagator().inject_context(&span.context(), &mut MetadataInjector(metadata));
+    let context = span.context();
+    let otel_span = context.span();
+    let span_context = otel_span.span_context();
+    if !span_context.is_valid() {
+        return;
+    }
+    if let Ok(mut traceparent) = tonic::metadata::AsciiMetadataValue::try_from(&traceparent(span_context)[..]) {
+        traceparent.set_sensitive(true);
+        metadata.insert("traceparent", traceparent);
+    }
+    let state = span_context.trace_state().header();
+    match tonic::metadata::AsciiMetadataValue::try_from(state.as_str()) {
+        Ok(value) if !state.is_empty() => {
+            metadata.insert("tracestate", value);
+        }
+        _ => {
+            metadata.remove("tracestate");
+        }
+    }
+}
+
+/// `00-{trace id}-{span id}-{flags}` (W3C trace context, version 00), written by hand: the header is on every
+/// traced call, and the propagator's formatting machinery costs more than the rest of building the call.
+fn traceparent(span_context: &SpanContext) -> [u8; 55] {
+    let mut value = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    write_hex(&mut value[3..35], &span_context.trace_id().to_bytes());
+    write_hex(&mut value[36..52], &span_context.span_id().to_bytes());
+    write_hex(&mut value[53..55], &[span_context.trace_flags().to_u8() & 0x01]);
+    value
+}
+
+fn header_value(span_context: &SpanContext) -> http::HeaderValue {
+    // Hex digits and dashes only: always a valid header value.
+    http::HeaderValue::from_bytes(&traceparent(span_context)).unwrap_or_else(|_| http::HeaderValue::from_static(""))
+}
+
+fn write_hex(out: &mut [u8], bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0x0f)];
+    }
 }
 
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
@@ -282,14 +335,37 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
-struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
 
-impl Injector for MetadataInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        let key = tonic::metadata::MetadataKey::from_bytes(key.as_bytes());
-        let value = tonic::metadata::MetadataValue::try_from(value.as_str());
-        if let (Ok(key), Ok(value)) = (key, value) {
-            self.0.insert(key, value);
+    use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
+
+    use super::*;
+
+    /// The propagator's own `traceparent` for a span context.
+    fn propagator_traceparent(span_context: &SpanContext) -> String {
+        let context = Context::new().with_remote_span_context(span_context.clone());
+        let mut carrier = HashMap::new();
+        propagator().inject_context(&context, &mut carrier);
+        carrier.remove("traceparent").unwrap_or_default()
+    }
+
+    #[test]
+    fn traceparent_is_written_as_the_w3c_propagator_writes_it() {
+        let cases = [
+            (0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736_u128, 0x00f0_67aa_0ba9_02b7_u64, TraceFlags::SAMPLED),
+            (1, 1, TraceFlags::default()),
+            (u128::MAX, u64::MAX, TraceFlags::new(0xff)),
+            (0x0a00_0000_0000_0000_0000_0000_0000_00b0, 0x0c00_0000_0000_00d0, TraceFlags::new(0x02)),
+        ];
+        for (trace, span, flags) in cases {
+            let span_context =
+                SpanContext::new(TraceId::from(trace), SpanId::from(span), flags, false, TraceState::default());
+            let ours = traceparent(&span_context);
+            assert_eq!(std::str::from_utf8(&ours).ok(), Some(propagator_traceparent(&span_context).as_str()));
+            assert_eq!(traceresponse(&span_context).as_bytes(), &ours[..]);
+            assert_eq!(TraceIdHex::new(&span_context).as_str(), format!("{:032x}", trace));
         }
     }
 }

@@ -61,8 +61,15 @@ impl Process {
     /// The `addr=` of the first text log line containing `message`.
     pub async fn address(&self, message: &str) -> Result<std::net::SocketAddr, Error> {
         let line = self
-            .wait_for_line(|line| line.contains(message) && line.contains("addr="), Duration::from_secs(30))
+            .wait_for_line(
+                |line| line.contains(message) && (line.contains("addr=") || line.contains("\"addr\":")),
+                Duration::from_secs(30),
+            )
             .await?;
+        // A text line (`addr=127.0.0.1:4000`) or a JSON one (`"addr":"127.0.0.1:4000"`).
+        if let Ok(record) = serde_json::from_str::<serde_json::Value>(line.trim()) {
+            return Ok(record["addr"].as_str().ok_or("addr field")?.parse()?);
+        }
         let addr = line.split("addr=").nth(1).and_then(|rest| rest.split_whitespace().next()).ok_or("addr field")?;
         Ok(addr.trim_matches('"').parse()?)
     }
