@@ -56,7 +56,7 @@ pub fn server_span(path: &str, headers: &http::HeaderMap) -> tracing::Span {
         rpc.method = method,
         rpc.grpc.status_code = Empty,
     );
-    let _ = traces::continue_trace(&span, headers);
+    traces::set_parent(&span, headers);
     span
 }
 

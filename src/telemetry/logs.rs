@@ -108,13 +108,20 @@ where
         let Some(trace_id) = current_trace_id() else {
             return self.inner.format_event(ctx, writer, event);
         };
-        let mut line = String::new();
-        self.inner.format_event(ctx, Writer::new(&mut line), event)?;
-        let line = line.strip_suffix('\n').unwrap_or(&line);
-        let trace_id = trace_id.as_str();
-        match line.strip_suffix('}') {
-            Some(object) if self.json => writeln!(writer, "{object},\"trace_id\":\"{trace_id}\"}}"),
-            _ => writeln!(writer, "{line} trace_id={trace_id}"),
+        // The line as the inner formatter writes it (into a buffer this thread keeps), then the trace id in
+        // front of its end: the last field of a text line, one more member of a JSON object.
+        thread_local! {
+            static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
         }
+        LINE.with_borrow_mut(|line| {
+            line.clear();
+            self.inner.format_event(ctx, Writer::new(line), event)?;
+            let body = line.strip_suffix('\n').unwrap_or(line);
+            let trace_id = trace_id.as_str();
+            match body.strip_suffix('}') {
+                Some(object) if self.json => writeln!(writer, "{object},\"trace_id\":\"{trace_id}\"}}"),
+                _ => writeln!(writer, "{body} trace_id={trace_id}"),
+            }
+        })
     }
 }

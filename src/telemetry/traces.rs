@@ -18,6 +18,7 @@ use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter, SpanProcessor,
 };
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::Layer as _;
 
 use crate::telemetry::metrics;
 use crate::telemetry::otlp::OtlpExporter;
@@ -115,6 +116,10 @@ where
     // allocations and encoding on every span, and the thread a span started on says nothing on a work-stealing
     // runtime. Nothing here reads OpenTelemetry's "current context" (the context travels explicitly, see
     // `inject`), so entering a span need not activate it.
+    //
+    // Log lines become span events only from warnings up: the routine line of every call (the UserService's
+    // "grpc call") says nothing the span's own attributes do not, and would be encoded and exported again
+    // with every span; a warning or an error inside a request is what a trace should show.
     tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("portico"))
         .with_location(false)
@@ -122,6 +127,9 @@ where
         .with_target(false)
         .with_tracked_inactivity(false)
         .with_context_activation(false)
+        .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
+            !metadata.is_event() || *metadata.level() <= tracing::Level::WARN
+        }))
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -238,15 +246,22 @@ pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) -> Option
     if !enabled() || span.is_disabled() {
         return None;
     }
-    if headers.contains_key("traceparent") {
-        let parent = propagator().extract(&HeaderExtractor(headers));
-        if parent.span().span_context().is_valid() {
-            let _ = span.set_parent(parent);
-        }
-    }
+    set_parent(span, headers);
     let context = span.context();
     let span_context = context.span().span_context().clone();
     span_context.is_valid().then_some(span_context)
+}
+
+/// Makes `span` continue the W3C trace context in `headers`, if there is one (a server span that needs no
+/// trace id of its own: its lines find it when they are written).
+pub fn set_parent(span: &tracing::Span, headers: &http::HeaderMap) {
+    if !enabled() || span.is_disabled() || !headers.contains_key("traceparent") {
+        return;
+    }
+    let parent = propagator().extract(&HeaderExtractor(headers));
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
 }
 
 /// A trace id in lowercase hex, as W3C trace context and the logs write it, without allocating.

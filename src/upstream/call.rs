@@ -32,7 +32,6 @@ use crate::upstream::codec::DynamicCodec;
 use crate::upstream::endpoint::Lease;
 use crate::upstream::limit::Overloaded;
 use crate::upstream::retry::{Decision, FailedAttempt, Failure, GiveUpReason};
-use tracing::Instrument;
 
 /// The RPC a call invokes: its gRPC path and its response type. Built once per route, not per request.
 #[derive(Debug, Clone)]
@@ -203,7 +202,10 @@ where
         let observed = ObservedAttempt::start(upstream.cluster(), rpc, lease.address(), attempts);
         let mut metadata = options.metadata.clone();
         crate::telemetry::traces::inject(&observed.span, &mut metadata);
-        let outcome = run_attempt(&lease, time_left, metadata, &mut attempt).instrument(observed.span.clone()).await;
+        // The client span is not entered: it is timed from its creation to `finish`, it is the upstream's
+        // parent through `traceparent`, and nothing inside the attempt logs or makes spans of its own, so
+        // entering and leaving it on every poll would cost a trip through every tracing layer for nothing.
+        let outcome = run_attempt(&lease, time_left, metadata, &mut attempt).await;
         observed.finish(&outcome);
         let status = match outcome {
             Ok(value) => {
