@@ -4,16 +4,16 @@
 //! Nothing here runs unless an OTLP endpoint is configured: without one there is no exporter, no connection
 //! and no OpenTelemetry layer, so spans are plain `tracing` spans that only the log filter looks at.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
+};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter, SpanProcessor,
 };
@@ -233,12 +233,6 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
     }
 }
 
-static PROPAGATOR: OnceLock<TraceContextPropagator> = OnceLock::new();
-
-fn propagator() -> &'static TraceContextPropagator {
-    PROPAGATOR.get_or_init(TraceContextPropagator::new)
-}
-
 /// Makes `span` continue the W3C trace context in `headers` (a `traceparent` from an HTTP client or in gRPC
 /// metadata), if there is one, and returns the span's own context (for its trace id in the logs and the
 /// `traceresponse` header). Does nothing and returns `None` when tracing is off.
@@ -255,13 +249,50 @@ pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) -> Option
 /// Makes `span` continue the W3C trace context in `headers`, if there is one (a server span that needs no
 /// trace id of its own: its lines find it when they are written).
 pub fn set_parent(span: &tracing::Span, headers: &http::HeaderMap) {
-    if !enabled() || span.is_disabled() || !headers.contains_key("traceparent") {
+    if !enabled() || span.is_disabled() {
         return;
     }
-    let parent = propagator().extract(&HeaderExtractor(headers));
-    if parent.span().span_context().is_valid() {
-        let _ = span.set_parent(parent);
+    let Some(traceparent) = headers.get("traceparent") else { return };
+    let Some((trace_id, span_id, flags)) = parse_traceparent(traceparent.as_bytes()) else { return };
+    // tracestate travels with its traceparent; one that does not parse is dropped, as W3C asks.
+    let state = headers
+        .get("tracestate")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<TraceState>().ok())
+        .unwrap_or_default();
+    let remote = SpanContext::new(trace_id, span_id, flags, true, state);
+    let _ = span.set_parent(Context::new().with_remote_span_context(remote));
+}
+
+/// A W3C `traceparent` (trace context level 1): `version-traceid-parentid-flags` in lowercase hex, the ids not
+/// all zeros, version `ff` invalid; a later version may append `-…` fields, which are ignored. Of the flags
+/// only "sampled" is kept. Parsed by hand: the propagator's parser splits the value into a vector and parses
+/// each part as a number, on every call the UserService gets.
+fn parse_traceparent(value: &[u8]) -> Option<(TraceId, SpanId, TraceFlags)> {
+    if value.len() < 55 || value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
+        return None;
     }
+    let version = hex_value(&value[..2])?;
+    if version == 0xff || (version == 0 && value.len() != 55) || (version > 0 && value.len() > 55 && value[55] != b'-')
+    {
+        return None;
+    }
+    let trace_id = TraceId::from(hex_value(&value[3..35])?);
+    let span_id = SpanId::from(u64::try_from(hex_value(&value[36..52])?).ok()?);
+    let flags = TraceFlags::new(u8::try_from(hex_value(&value[53..55])?).ok()?) & TraceFlags::SAMPLED;
+    (trace_id != TraceId::INVALID && span_id != SpanId::INVALID).then_some((trace_id, span_id, flags))
+}
+
+/// The number written by `digits` in lowercase hex (at most 32 of them).
+fn hex_value(digits: &[u8]) -> Option<u128> {
+    digits.iter().try_fold(0u128, |value, digit| {
+        let nibble = match digit {
+            b'0'..=b'9' => digit - b'0',
+            b'a'..=b'f' => digit - b'a' + 10,
+            _ => return None,
+        };
+        Some(value << 4 | u128::from(nibble))
+    })
 }
 
 /// A trace id in lowercase hex, as W3C trace context and the logs write it, without allocating.
@@ -338,25 +369,78 @@ fn write_hex(out: &mut [u8], bytes: &[u8]) {
     }
 }
 
-struct HeaderExtractor<'a>(&'a http::HeaderMap);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|value| value.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(http::HeaderName::as_str).collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+    use std::sync::OnceLock;
 
-    use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
+    use opentelemetry::propagation::{Extractor, TextMapPropagator};
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
 
     use super::*;
+
+    static PROPAGATOR: OnceLock<TraceContextPropagator> = OnceLock::new();
+
+    fn propagator() -> &'static TraceContextPropagator {
+        PROPAGATOR.get_or_init(TraceContextPropagator::new)
+    }
+
+    struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+    impl Extractor for HeaderExtractor<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|value| value.to_str().ok())
+        }
+
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(http::HeaderName::as_str).collect()
+        }
+    }
+
+    /// What the SDK's propagator makes of a `traceparent`.
+    fn propagator_parse(value: &str) -> Option<(TraceId, SpanId, TraceFlags)> {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("traceparent", http::HeaderValue::from_str(value).ok()?);
+        let context = propagator().extract(&HeaderExtractor(&headers));
+        let span = context.span();
+        let parsed = span.span_context();
+        parsed.is_valid().then(|| (parsed.trace_id(), parsed.span_id(), parsed.trace_flags()))
+    }
+
+    #[test]
+    fn traceparent_parses_as_the_w3c_propagator_reads_it() {
+        let valid = [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+            "00-00000000000000000000000000000001-0000000000000001-03",
+            "00-ffffffffffffffffffffffffffffffff-ffffffffffffffff-ff",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future-fields",
+            "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ];
+        for value in valid {
+            let ours = parse_traceparent(value.as_bytes());
+            assert!(ours.is_some(), "{value}");
+            assert_eq!(ours, propagator_parse(value), "{value}");
+        }
+        let invalid = [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "0x-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-600f067aa0ba902b7-01",
+            "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
+        ];
+        for value in invalid {
+            assert_eq!(parse_traceparent(value.as_bytes()), None, "{value}");
+        }
+    }
 
     /// The propagator's own `traceparent` for a span context.
     fn propagator_traceparent(span_context: &SpanContext) -> String {
