@@ -43,6 +43,7 @@ use hyper_util::rt::TokioIo;
 use portico::proto::user::user_service_client::UserServiceClient;
 use portico::proto::user::{CreateUserRequest, GetUserRequest};
 use serde::Deserialize;
+use tally::{Tally, percentile_ms};
 use tonic::transport::Channel;
 
 #[path = "gateway/postgres.rs"]
@@ -51,6 +52,8 @@ mod postgres;
 mod services;
 #[path = "common/stop.rs"]
 mod stop;
+#[path = "common/tally.rs"]
+mod tally;
 #[path = "gateway/tracing.rs"]
 mod tracing;
 
@@ -669,24 +672,6 @@ fn create_request(tag: &str) -> CreateUserRequest {
     }
 }
 
-/// Requests counted in one worker.
-#[derive(Default)]
-struct Tally {
-    latencies_us: Vec<u32>,
-    errors: u64,
-    first_error: Option<String>,
-}
-
-impl Tally {
-    fn merge(&mut self, other: Tally) {
-        self.latencies_us.extend(other.latencies_us);
-        self.errors += other.errors;
-        if self.first_error.is_none() {
-            self.first_error = other.first_error;
-        }
-    }
-}
-
 async fn run_phase(
     phase: Phase,
     settings: &Settings,
@@ -758,13 +743,7 @@ async fn worker(phase: Phase, index: usize, target: Arc<Target>, measure_from: I
         if started < measure_from {
             continue;
         }
-        match result {
-            Ok(()) => tally.latencies_us.push(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX)),
-            Err(error) => {
-                tally.errors += 1;
-                tally.first_error.get_or_insert_with(|| error.to_string());
-            }
-        }
+        tally.record(started, result);
     }
     tally
 }
@@ -849,12 +828,6 @@ async fn connect(addr: SocketAddr) -> Result<HttpSender, BoxError> {
         let _ = connection.await;
     });
     Ok(sender)
-}
-
-fn percentile_ms(sorted_us: &[u32], quantile: f64) -> Option<f64> {
-    // Nearest rank: the smallest latency that at least `quantile` of the requests did not exceed.
-    let rank = (quantile * sorted_us.len() as f64).ceil() as usize;
-    sorted_us.get(rank.saturating_sub(1)).map(|&us| f64::from(us) / 1000.0)
 }
 
 #[derive(Debug, Clone, Copy)]

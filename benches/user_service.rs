@@ -23,6 +23,8 @@
 
 #[path = "common/stop.rs"]
 mod stop;
+#[path = "common/tally.rs"]
+mod tally;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -47,6 +49,8 @@ use portico::proto::user::{
 use portico::user_service::password::{HashCost, PasswordHasher};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
+
+use tally::{Tally, percentile_ms};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -322,13 +326,6 @@ async fn seed(channels: &[Channel], count: usize, concurrency: usize, tag: &str)
     results.into_iter().collect()
 }
 
-#[derive(Default)]
-struct Tally {
-    latencies_us: Vec<u32>,
-    errors: u64,
-    first_error: Option<String>,
-}
-
 struct Run {
     tally: Tally,
     elapsed: Duration,
@@ -347,10 +344,7 @@ async fn drive(phase: Phase, settings: &Settings, target: &Arc<Target>, pids: &[
     let started = Instant::now();
     let mut tally = Tally::default();
     for handle in workers {
-        let done = handle.await?;
-        tally.latencies_us.extend(done.latencies_us);
-        tally.errors += done.errors;
-        tally.first_error = tally.first_error.or(done.first_error);
+        tally.merge(handle.await?);
     }
     let elapsed = started.elapsed();
     let after = [cpu_ticks(&pids[0].to_string())?, cpu_ticks(&pids[1].to_string())?];
@@ -384,13 +378,7 @@ async fn worker(phase: Phase, index: usize, target: Arc<Target>, measure_from: I
         if started < measure_from {
             continue;
         }
-        match result {
-            Ok(()) => tally.latencies_us.push(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX)),
-            Err(error) => {
-                tally.errors += 1;
-                tally.first_error.get_or_insert_with(|| error.to_string());
-            }
-        }
+        tally.record(started, result);
     }
 }
 
@@ -447,11 +435,6 @@ impl Row {
             cell(self.us_per_request(1), 1),
         );
     }
-}
-
-fn percentile_ms(sorted_us: &[u32], quantile: f64) -> Option<f64> {
-    let rank = (quantile * sorted_us.len() as f64).ceil() as usize;
-    sorted_us.get(rank.saturating_sub(1)).map(|&us| f64::from(us) / 1000.0)
 }
 
 fn ratio(numerator: Option<f64>, denominator: Option<f64>) -> Option<f64> {

@@ -10,7 +10,7 @@
 //! scrape time by collectors ([`register_collector`]) rather than copied into gauges on every change.
 
 use std::borrow::Cow;
-use std::sync::{LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -205,7 +205,8 @@ pub fn gateway() -> &'static GatewayMetrics {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AttemptLabels {
     pub cluster: String,
-    pub endpoint: String,
+    /// Shared with the endpoint, which writes its address once.
+    pub endpoint: Arc<String>,
     /// `package.Service/Method`.
     pub rpc: String,
     /// The gRPC code name, or `DEADLINE_EXCEEDED` for an attempt cut by the call's deadline.

@@ -314,7 +314,8 @@ impl TraceIdHex {
 /// The `traceresponse` header value for a server span (`00-{trace id}-{span id}-{flags}`), as the
 /// `traceparent` the span would send.
 pub fn traceresponse(span_context: &SpanContext) -> http::HeaderValue {
-    header_value(span_context)
+    // Hex digits and dashes only: always a valid header value.
+    http::HeaderValue::from_bytes(&traceparent(span_context)).unwrap_or_else(|_| http::HeaderValue::from_static(""))
 }
 
 /// Writes `span`'s context as `traceparent` (and `tracestate`, when there is one) into outgoing gRPC
@@ -354,11 +355,6 @@ fn traceparent(span_context: &SpanContext) -> [u8; 55] {
     write_hex(&mut value[36..52], &span_context.span_id().to_bytes());
     write_hex(&mut value[53..55], &[span_context.trace_flags().to_u8() & 0x01]);
     value
-}
-
-fn header_value(span_context: &SpanContext) -> http::HeaderValue {
-    // Hex digits and dashes only: always a valid header value.
-    http::HeaderValue::from_bytes(&traceparent(span_context)).unwrap_or_else(|_| http::HeaderValue::from_static(""))
 }
 
 fn write_hex(out: &mut [u8], bytes: &[u8]) {

@@ -199,7 +199,7 @@ where
         if time_left.is_some_and(|left| left.is_zero()) {
             return Err(timed_out());
         }
-        let observed = ObservedAttempt::start(upstream.cluster(), rpc, lease.address(), attempts);
+        let observed = ObservedAttempt::start(upstream.cluster(), rpc, &lease, attempts);
         let mut metadata = options.metadata.clone();
         crate::telemetry::traces::inject(&observed.span, &mut metadata);
         // The client span is not entered: it is timed from its creation to `finish`, it is the upstream's
@@ -304,12 +304,12 @@ struct ObservedAttempt {
 }
 
 impl ObservedAttempt {
-    fn start(cluster: &str, rpc: &str, endpoint: &Uri, attempt: u32) -> Self {
+    fn start(cluster: &str, rpc: &str, lease: &Lease, attempt: u32) -> Self {
         Self {
-            span: crate::telemetry::grpc::client_span(cluster, rpc, endpoint, attempt),
+            span: crate::telemetry::grpc::client_span(cluster, rpc, lease.address(), attempt),
             labels: AttemptLabels {
                 cluster: cluster.to_owned(),
-                endpoint: endpoint.to_string(),
+                endpoint: Arc::clone(lease.endpoint().label()),
                 rpc: rpc.trim_start_matches('/').to_owned(),
                 code: "OK",
             },

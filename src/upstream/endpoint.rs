@@ -68,6 +68,8 @@ pub struct RecentError {
 /// that discovery removed lives on until its last call ends.
 pub struct Endpoint {
     address: Uri,
+    /// The address as metrics label it, written once rather than on every attempt.
+    label: Arc<String>,
     pool: ConnectionPool,
     breaker: SharedBreaker,
     health: AtomicU8,
@@ -82,6 +84,7 @@ impl Endpoint {
     pub fn new(address: Uri, pool: &PoolConfig, breaker: &BreakerConfig) -> Self {
         Self {
             pool: ConnectionPool::new(&address, pool),
+            label: Arc::new(address.to_string()),
             address,
             breaker: SharedBreaker::new(breaker.clone()),
             health: AtomicU8::new(Health::Unknown as u8),
@@ -95,6 +98,11 @@ impl Endpoint {
 
     pub fn address(&self) -> &Uri {
         &self.address
+    }
+
+    /// The address as a metric label value.
+    pub fn label(&self) -> &Arc<String> {
+        &self.label
     }
 
     pub fn health(&self) -> Health {
