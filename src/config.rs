@@ -458,7 +458,11 @@ impl GatewayArgs {
 /// Gateway settings shared by `serve` and `gateway`.
 #[derive(Debug, Clone, Args)]
 pub struct GatewayOptions {
-    /// HTTP/2 connections per upstream endpoint.
+    /// Threads serving client connections, each with its own upstream connections (default: one per CPU).
+    #[arg(long, env = "PORTICO_WORKERS", default_value_t = crate::gateway::workers::default_count())]
+    pub workers: usize,
+
+    /// HTTP/2 connections per upstream endpoint and worker (each worker opens its own on first use).
     #[arg(long, env = "PORTICO_UPSTREAM_CONNECTIONS", default_value_t = PoolConfig::default().connections_per_endpoint)]
     pub upstream_connections: usize,
 
@@ -803,6 +807,7 @@ impl GatewayOptions {
             auth: None,
             limits: self.limits()?,
             tls: None,
+            workers: self.workers,
         };
         config.validate()?;
         Ok(config)

@@ -80,7 +80,7 @@ async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> Result<(
     gateway::catalog::reload::reload_on_sighup(&started.catalog, &shutdown);
     serve_admin(args.gateway.admin_listen, started.admin.clone(), &shutdown).await?;
     tracing::info!(addr = %listener.local_addr()?, upstreams = ?config.upstreams, tls = started.tls.is_some(), "gateway listening");
-    serve_public(listener, started, &config, shutdown).await;
+    serve_public(listener, started, &config, shutdown).await?;
     tracing::info!("gateway stopped");
     Ok(())
 }
@@ -106,9 +106,12 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<(), BoxEr
         let shutdown = shutdown.clone();
         async move { user_service::serve(&user_config, grpc_listener, shutdown).await }
     });
-    serve_public(http_listener, started, &gateway_config, shutdown.clone()).await;
-    // The gateway has drained; the UserService drains its own calls (watches end at once).
+    let served = serve_public(http_listener, started, &gateway_config, shutdown.clone()).await;
+    // The gateway has drained (or could not start, which stops the UserService too); the UserService drains
+    // its own calls (watches end at once).
+    shutdown.cancel();
     user_service.await??;
+    served?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -119,7 +122,7 @@ async fn serve_public(
     started: gateway::Gateway,
     config: &gateway::GatewayConfig,
     shutdown: CancellationToken,
-) {
+) -> Result<(), gateway::server::StartError> {
     match started.tls {
         Some(tls) => gateway::serve_tls(listener, started.public, tls, config, shutdown).await,
         None => gateway::serve(listener, started.public, config, shutdown).await,

@@ -81,3 +81,51 @@ async fn a_connection_that_stops_inside_the_preface_is_closed_after_the_header_t
     }
     Ok(())
 }
+
+/// Each worker calls the upstream over HTTP/2 connections of its own: two clients held open at once are served
+/// by the two workers, and the UserService's endpoint then has two connections, where one worker opens one.
+#[tokio::test]
+async fn each_worker_calls_the_upstream_over_its_own_connection() -> TestResult {
+    use tower::ServiceExt;
+
+    let upstream = common::start().await;
+    let _ = upstream.client().await; // the UserService is up
+    for workers in [1, 2] {
+        let config = portico::gateway::GatewayConfig {
+            upstreams: vec![format!("http://{}", upstream.addr)],
+            workers,
+            ..Default::default()
+        };
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let started =
+            portico::gateway::start(&portico::proto::DESCRIPTOR_POOL, config.clone(), shutdown.clone()).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (public, admin) = (started.public, started.admin);
+        let token = shutdown.clone();
+        tokio::spawn(async move { portico::gateway::serve(listener, public, &config, token).await });
+
+        // Both connections are open before either sends, so each is placed while the other counts.
+        let mut senders = Vec::new();
+        for _ in 0..2 {
+            let stream = TcpStream::connect(addr).await?;
+            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
+            senders.push(sender);
+        }
+        for sender in &mut senders {
+            let list = Request::get(format!("http://{addr}/v1/users")).body(Empty::<Bytes>::new())?;
+            let response = tokio::time::timeout(PATIENCE, sender.send_request(list)).await??;
+            assert_eq!(response.status(), StatusCode::OK);
+            response.into_body().collect().await?;
+        }
+
+        let view = admin.oneshot(Request::get("/admin/upstreams").body(axum::body::Body::empty())?).await?;
+        let view: serde_json::Value = serde_json::from_slice(&view.into_body().collect().await?.to_bytes())?;
+        let endpoints = view["upstreams"][0]["state"]["endpoints"].as_array().ok_or("endpoints")?;
+        let connections: u64 = endpoints.iter().filter_map(|endpoint| endpoint["connections"].as_u64()).sum();
+        assert_eq!(connections, workers as u64, "{workers} worker(s): {view}");
+        shutdown.cancel();
+    }
+    Ok(())
+}

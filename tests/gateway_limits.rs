@@ -122,13 +122,22 @@ async fn load_shedding_answers_at_once_and_counts_requests_before_their_bodies()
         c.body_read_timeout = Duration::from_secs(120);
     })
     .await;
-    // A request whose body never comes holds the only slot while the gateway waits for it.
-    let mut slow = tokio::net::TcpStream::connect(gateway.addr).await?;
-    slow.write_all(
-        b"POST /v1/users HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n",
-    )
-    .await?;
-    let shed = until_status(gateway.addr, "/v1/users", StatusCode::SERVICE_UNAVAILABLE).await?;
+    // A request whose body never comes holds the only slot while the gateway waits for it. The connections are
+    // served by different workers, so the first GET can take the slot before the slow request reaches it (and
+    // the slow one is shed instead): then the slow request is sent again.
+    let mut held = None;
+    for _ in 0..10 {
+        let mut slow = tokio::net::TcpStream::connect(gateway.addr).await?;
+        slow.write_all(
+            b"POST /v1/users HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n",
+        )
+        .await?;
+        if let Ok(shed) = until_status(gateway.addr, "/v1/users", StatusCode::SERVICE_UNAVAILABLE).await {
+            held = Some((slow, shed));
+            break;
+        }
+    }
+    let (slow, shed) = held.ok_or("no slow request ever held the slot")?;
     assert_eq!(shed.json()["code"], 14, "UNAVAILABLE");
     assert_eq!(shed.header("retry-after"), Some("1"));
     assert_eq!(rest::get(gateway.addr, "/healthz").await?.status, StatusCode::OK, "probes are never shed");

@@ -47,10 +47,11 @@ async fn spawn(config: GatewayConfig) -> (SocketAddr, CancellationToken) {
     let addr = listener.local_addr().expect("address");
     let token = shutdown.clone();
     tokio::spawn(async move {
-        match started.tls {
+        let served = match started.tls {
             Some(tls) => portico::gateway::serve_tls(listener, started.public, tls, &config, token).await,
             None => portico::gateway::serve(listener, started.public, &config, token).await,
-        }
+        };
+        served.expect("workers start");
     });
     (addr, shutdown)
 }

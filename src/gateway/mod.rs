@@ -11,7 +11,7 @@
 //! (`clusters.rs`) are the upstreams the routes call. The accept loop is `server.rs` (with `tls.rs` for
 //! HTTPS), the operational endpoints `ops.rs`; `auth.rs` checks tokens and `limits/` holds the rate limit,
 //! load shedding and the stream cap. The admin view (`admin.rs`) is a separate router, served on its own listener, never on
-//! the public one.
+//! the public one. `workers.rs` runs the threads that serve connections, each with its own upstream lane.
 
 pub mod admin;
 pub mod auth;
@@ -32,6 +32,7 @@ pub mod stream;
 pub mod template;
 pub mod tls;
 pub mod transcode;
+pub mod workers;
 
 pub use server::{serve, serve_tls};
 
@@ -99,6 +100,8 @@ pub struct GatewayConfig {
     pub limits: limits::LimitsConfig,
     /// HTTPS at the edge; plain HTTP when unset.
     pub tls: Option<tls::EdgeTlsConfig>,
+    /// Threads that serve client connections, each with its own upstream connections (`workers.rs`).
+    pub workers: usize,
 }
 
 impl Default for GatewayConfig {
@@ -122,6 +125,7 @@ impl Default for GatewayConfig {
             auth: None,
             limits: limits::LimitsConfig::default(),
             tls: None,
+            workers: workers::default_count(),
         }
     }
 }
@@ -137,6 +141,7 @@ impl GatewayConfig {
         self.upstream.validate().map_err(|e| ConfigError { flag: "upstream-*", reason: e.to_string() })?;
         for (flag, value) in [
             ("upstream-connections", self.upstream.pool.connections_per_endpoint),
+            ("workers", self.workers),
             ("max-body-bytes", self.max_body_bytes),
             ("max-json-depth", self.transcode.max_json_depth),
             ("max-concurrent-requests", self.limits.max_concurrent_requests.unwrap_or(1)),
@@ -240,7 +245,10 @@ pub async fn start(
             None
         }
     };
-    let clusters = Clusters::start(&config.upstreams, &config.service_upstreams, &config.upstream, &shutdown)?;
+    // Every endpoint's pool has a lane of connections for each worker that `serve` will run.
+    let mut upstream = config.upstream.clone();
+    upstream.pool.worker_lanes = config.workers;
+    let clusters = Clusters::start(&config.upstreams, &config.service_upstreams, &upstream, &shutdown)?;
     let loader = Loader {
         sources: config.descriptors.clone(),
         routes: config.routes.clone(),

@@ -1,5 +1,6 @@
 //! The accept loop: HTTP/1.1 and h2c on one listener (or, with TLS, HTTP/1.1 and h2 by ALPN), with a header
-//! read timeout and a graceful drain.
+//! read timeout and a graceful drain. It accepts on the caller's runtime and gives each connection, for its
+//! whole life, to one of the gateway's workers (`workers.rs`).
 //!
 //! A connection's protocol is decided first (by peeking for the HTTP/2 preface, or from ALPN), then hyper's own
 //! HTTP/1 or HTTP/2 connection serves it. hyper-util's auto connection would decide by reading the first bytes
@@ -22,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::gateway::GatewayConfig;
+pub use crate::gateway::workers::StartError;
+use crate::gateway::workers::{Occupancy, Workers};
 
 /// What a client sends first to speak HTTP/2 without TLS ("prior knowledge", RFC 9113 §3.3).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -50,9 +53,17 @@ impl Builders {
         Self { http1, http2 }
     }
 
-    /// Serves `io` on a task of its own, sized for its protocol only.
-    fn spawn<I>(&self, io: I, protocol: Protocol, router: &Router, peer: SocketAddr, watcher: Watcher)
-    where
+    /// Serves `io` on a task of its own (on the current worker), sized for its protocol only; the connection
+    /// counts on the worker (`occupancy`) until it ends.
+    fn spawn<I>(
+        &self,
+        io: I,
+        protocol: Protocol,
+        router: &Router,
+        peer: SocketAddr,
+        watcher: Watcher,
+        occupancy: Occupancy,
+    ) where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
         // The router is built once; a connection only tags its requests with the peer address (for
@@ -65,10 +76,10 @@ impl Builders {
         let service = TowerToHyperService::new(service);
         match protocol {
             Protocol::Http1 => {
-                tokio::spawn(finish(watcher.watch(self.http1.serve_connection(io, service)), peer));
+                tokio::spawn(finish(watcher.watch(self.http1.serve_connection(io, service)), peer, occupancy));
             }
             Protocol::Http2 => {
-                tokio::spawn(finish(watcher.watch(self.http2.serve_connection(io, service)), peer));
+                tokio::spawn(finish(watcher.watch(self.http2.serve_connection(io, service)), peer, occupancy));
             }
         }
     }
@@ -92,10 +103,15 @@ async fn sniff(stream: &TcpStream) -> std::io::Result<Protocol> {
     }
 }
 
-async fn finish<E: std::fmt::Display>(connection: impl Future<Output = Result<(), E>>, peer: SocketAddr) {
+async fn finish<E: std::fmt::Display>(
+    connection: impl Future<Output = Result<(), E>>,
+    peer: SocketAddr,
+    occupancy: Occupancy,
+) {
     if let Err(error) = connection.await {
         tracing::debug!(%error, %peer, "connection ended with an error");
     }
+    drop(occupancy);
 }
 
 /// Serves `router` on `listener` (HTTP/1.1 and h2c) until `shutdown` is cancelled, then lets in-flight
@@ -103,20 +119,33 @@ async fn finish<E: std::fmt::Display>(connection: impl Future<Output = Result<()
 ///
 /// Clients get `config.header_read_timeout` to send their request headers, so a slow-loris client cannot hold
 /// a connection open. Accept errors (e.g. out of file descriptors) are logged and retried, never fatal.
-pub async fn serve(listener: TcpListener, router: Router, config: &GatewayConfig, shutdown: CancellationToken) {
-    accept_loop(listener, router, None, config, shutdown).await;
+///
+/// # Errors
+///
+/// The `config.workers` threads that serve the connections cannot be started.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    config: &GatewayConfig,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    accept_loop(listener, router, None, config, shutdown).await
 }
 
 /// Serves `router` over TLS on `listener`, as [`serve`] does in plain text. The TLS handshake runs on the
 /// connection's own task, within `config.header_read_timeout`, so a slow handshake holds up nobody else.
+///
+/// # Errors
+///
+/// As [`serve`].
 pub async fn serve_tls(
     listener: TcpListener,
     router: Router,
     tls: TlsAcceptor,
     config: &GatewayConfig,
     shutdown: CancellationToken,
-) {
-    accept_loop(listener, router, Some(tls), config, shutdown).await;
+) -> Result<(), StartError> {
+    accept_loop(listener, router, Some(tls), config, shutdown).await
 }
 
 async fn accept_loop(
@@ -125,11 +154,12 @@ async fn accept_loop(
     tls: Option<TlsAcceptor>,
     config: &GatewayConfig,
     shutdown: CancellationToken,
-) {
+) -> Result<(), StartError> {
     let handshake_timeout = config.header_read_timeout;
     let drain_timeout = config.drain_timeout;
     let builders = Builders::new(config);
     let graceful = GracefulShutdown::new();
+    let workers = Workers::start(config.workers)?;
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -143,13 +173,27 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
+        // The socket leaves this runtime's reactor for the worker's.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(%error, %peer, "cannot hand the connection to a worker");
+                continue;
+            }
+        };
         let (builders, router, watcher, tls) = (builders.clone(), router.clone(), graceful.watcher(), tls.clone());
         // The protocol is found on a task of its own, so a slow client holds up nobody else; the connection is
         // then served on a task sized for its protocol.
-        tokio::spawn(async move {
+        workers.dispatch(move |occupancy| async move {
+            let stream = match TcpStream::from_std(stream) {
+                Ok(stream) => stream,
+                Err(error) => return tracing::debug!(%error, %peer, "cannot register the connection"),
+            };
             let Some(tls) = tls else {
                 match tokio::time::timeout(handshake_timeout, sniff(&stream)).await {
-                    Ok(Ok(protocol)) => builders.spawn(TokioIo::new(stream), protocol, &router, peer, watcher),
+                    Ok(Ok(protocol)) => {
+                        builders.spawn(TokioIo::new(stream), protocol, &router, peer, watcher, occupancy);
+                    }
                     Ok(Err(error)) => tracing::debug!(%error, %peer, "connection failed before its first request"),
                     Err(_) => tracing::debug!(%peer, "no request within the header read timeout"),
                 }
@@ -163,7 +207,7 @@ async fn accept_loop(
             // Over TLS, HTTP/2 is chosen by ALPN (RFC 9113 §3.2); a client that did not ask for it speaks HTTP/1.1.
             let protocol =
                 if stream.get_ref().1.alpn_protocol() == Some(b"h2") { Protocol::Http2 } else { Protocol::Http1 };
-            builders.spawn(TokioIo::new(stream), protocol, &router, peer, watcher);
+            builders.spawn(TokioIo::new(stream), protocol, &router, peer, watcher, occupancy);
         });
     }
     drop(listener);
@@ -171,4 +215,7 @@ async fn accept_loop(
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(drain_timeout) => tracing::warn!(timeout = ?drain_timeout, "drain timed out; closing remaining connections"),
     }
+    // Ending the workers closes what is left.
+    drop(workers);
+    Ok(())
 }

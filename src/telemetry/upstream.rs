@@ -58,7 +58,11 @@ impl Collector for ClusterCollector {
         }
 
         let per_endpoint: [Gauge<EndpointSnapshot>; 3] = [
-            ("upstream_endpoint_connections", "Open HTTP/2 connections to the endpoint", |e| e.connections as i64),
+            (
+                "upstream_endpoint_connections",
+                "HTTP/2 connections made to the endpoint (reconnected by the gateway when they fail)",
+                |e| e.connections as i64,
+            ),
             ("upstream_endpoint_in_flight", "Calls in flight on the endpoint", |e| e.in_flight as i64),
             (
                 "upstream_endpoint_ejections",

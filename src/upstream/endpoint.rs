@@ -175,7 +175,7 @@ impl Endpoint {
             breaker,
             ejections: self.breaker.ejections(now),
             in_flight: self.in_flight(),
-            connections: self.pool.len(),
+            connections: self.pool.opened(),
             requests: self.requests.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
             recent_errors: self.recent_errors.lock().unwrap_or_else(PoisonError::into_inner).iter().cloned().collect(),
@@ -207,6 +207,8 @@ pub struct EndpointSnapshot {
     /// Ejections in a row so far (after decay).
     pub ejections: u32,
     pub in_flight: usize,
+    /// HTTP/2 connections made to it: one per lane in use (a gateway worker, or the shared lane), more where
+    /// a lane's load spilled over.
     pub connections: usize,
     /// Calls sent here (attempts, retries included).
     pub requests: u64,

@@ -230,6 +230,8 @@ pub async fn spawn_gateway(config: portico::gateway::GatewayConfig) -> (SocketAd
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("local addr");
     let token = shutdown.clone();
-    tokio::spawn(async move { portico::gateway::serve(listener, router, &config, token).await });
+    tokio::spawn(
+        async move { portico::gateway::serve(listener, router, &config, token).await.expect("workers start") },
+    );
     (addr, shutdown)
 }
