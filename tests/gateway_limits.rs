@@ -123,15 +123,16 @@ async fn load_shedding_answers_at_once_and_counts_requests_before_their_bodies()
     })
     .await;
     // A request whose body never comes holds the only slot while the gateway waits for it. The connections are
-    // served by different workers, so the first GET can take the slot before the slow request reaches it (and
-    // the slow one is shed instead): then the slow request is sent again.
+    // served on several worker threads, so a GET sent right after it can reach the slot first (and the slow
+    // request is shed instead): the GETs wait a moment, longer on each try, and the slow request is sent again.
     let mut held = None;
-    for _ in 0..10 {
+    for attempt in 1..=10 {
         let mut slow = tokio::net::TcpStream::connect(gateway.addr).await?;
         slow.write_all(
             b"POST /v1/users HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n",
         )
         .await?;
+        tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
         if let Ok(shed) = until_status(gateway.addr, "/v1/users", StatusCode::SERVICE_UNAVAILABLE).await {
             held = Some((slow, shed));
             break;

@@ -1,6 +1,6 @@
 //! The accept loop: HTTP/1.1 and h2c on one listener (or, with TLS, HTTP/1.1 and h2 by ALPN), with a header
-//! read timeout and a graceful drain. It accepts on the caller's runtime and gives each connection, for its
-//! whole life, to one of the gateway's workers (`workers.rs`).
+//! read timeout and a graceful drain. It accepts on the caller's runtime and serves each connection on the
+//! gateway's worker threads (`workers.rs`).
 //!
 //! A connection's protocol is decided first (by peeking for the HTTP/2 preface, or from ALPN), then hyper's own
 //! HTTP/1 or HTTP/2 connection serves it. hyper-util's auto connection would decide by reading the first bytes
@@ -24,7 +24,7 @@ use tower::ServiceExt;
 
 use crate::gateway::GatewayConfig;
 pub use crate::gateway::workers::StartError;
-use crate::gateway::workers::{Occupancy, Workers};
+use crate::gateway::workers::Workers;
 
 /// What a client sends first to speak HTTP/2 without TLS ("prior knowledge", RFC 9113 §3.3).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -53,17 +53,9 @@ impl Builders {
         Self { http1, http2 }
     }
 
-    /// Serves `io` on a task of its own (on the current worker), sized for its protocol only; the connection
-    /// counts on the worker (`occupancy`) until it ends.
-    fn spawn<I>(
-        &self,
-        io: I,
-        protocol: Protocol,
-        router: &Router,
-        peer: SocketAddr,
-        watcher: Watcher,
-        occupancy: Occupancy,
-    ) where
+    /// Serves `io` on a task of its own (on the workers), sized for its protocol only.
+    fn spawn<I>(&self, io: I, protocol: Protocol, router: &Router, peer: SocketAddr, watcher: Watcher)
+    where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
         // The router is built once; a connection only tags its requests with the peer address (for
@@ -76,10 +68,10 @@ impl Builders {
         let service = TowerToHyperService::new(service);
         match protocol {
             Protocol::Http1 => {
-                tokio::spawn(finish(watcher.watch(self.http1.serve_connection(io, service)), peer, occupancy));
+                tokio::spawn(finish(watcher.watch(self.http1.serve_connection(io, service)), peer));
             }
             Protocol::Http2 => {
-                tokio::spawn(finish(watcher.watch(self.http2.serve_connection(io, service)), peer, occupancy));
+                tokio::spawn(finish(watcher.watch(self.http2.serve_connection(io, service)), peer));
             }
         }
     }
@@ -103,15 +95,10 @@ async fn sniff(stream: &TcpStream) -> std::io::Result<Protocol> {
     }
 }
 
-async fn finish<E: std::fmt::Display>(
-    connection: impl Future<Output = Result<(), E>>,
-    peer: SocketAddr,
-    occupancy: Occupancy,
-) {
+async fn finish<E: std::fmt::Display>(connection: impl Future<Output = Result<(), E>>, peer: SocketAddr) {
     if let Err(error) = connection.await {
         tracing::debug!(%error, %peer, "connection ended with an error");
     }
-    drop(occupancy);
 }
 
 /// Serves `router` on `listener` (HTTP/1.1 and h2c) until `shutdown` is cancelled, then lets in-flight
@@ -184,7 +171,7 @@ async fn accept_loop(
         let (builders, router, watcher, tls) = (builders.clone(), router.clone(), graceful.watcher(), tls.clone());
         // The protocol is found on a task of its own, so a slow client holds up nobody else; the connection is
         // then served on a task sized for its protocol.
-        workers.dispatch(move |occupancy| async move {
+        workers.spawn(async move {
             let stream = match TcpStream::from_std(stream) {
                 Ok(stream) => stream,
                 Err(error) => return tracing::debug!(%error, %peer, "cannot register the connection"),
@@ -192,7 +179,7 @@ async fn accept_loop(
             let Some(tls) = tls else {
                 match tokio::time::timeout(handshake_timeout, sniff(&stream)).await {
                     Ok(Ok(protocol)) => {
-                        builders.spawn(TokioIo::new(stream), protocol, &router, peer, watcher, occupancy);
+                        builders.spawn(TokioIo::new(stream), protocol, &router, peer, watcher);
                     }
                     Ok(Err(error)) => tracing::debug!(%error, %peer, "connection failed before its first request"),
                     Err(_) => tracing::debug!(%peer, "no request within the header read timeout"),
@@ -207,7 +194,7 @@ async fn accept_loop(
             // Over TLS, HTTP/2 is chosen by ALPN (RFC 9113 §3.2); a client that did not ask for it speaks HTTP/1.1.
             let protocol =
                 if stream.get_ref().1.alpn_protocol() == Some(b"h2") { Protocol::Http2 } else { Protocol::Http1 };
-            builders.spawn(TokioIo::new(stream), protocol, &router, peer, watcher, occupancy);
+            builders.spawn(TokioIo::new(stream), protocol, &router, peer, watcher);
         });
     }
     drop(listener);
