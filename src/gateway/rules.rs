@@ -61,6 +61,8 @@ pub struct PathField {
 pub struct Route {
     pub http_method: Method,
     pub template: PathTemplate,
+    /// The template as metrics and spans label the route; written once, shared by every request.
+    pub label: Arc<str>,
     pub path_fields: Vec<PathField>,
     pub body: BodyRule,
     pub response_body: ResponseBody,
@@ -462,7 +464,9 @@ fn route(rpc: &MethodDescriptor, binding: HttpBinding, kind: CallKind, sse: SseO
         return Err(invalid(format!("{path}: a client-streaming RPC cannot take a google.api.HttpBody body")));
     }
     let grpc_path = format!("/{}/{}", rpc.parent_service().full_name(), rpc.name());
+    let grpc_label = Arc::from(&grpc_path[1..]);
     let grpc_path = PathAndQuery::try_from(grpc_path).map_err(|e| invalid(format!("bad gRPC path: {e}")))?;
+    let label = Arc::from(template.as_str());
     let idempotent = http_method == Method::GET || http_method == Method::HEAD || marked_idempotent(rpc);
     Ok(Route {
         http_method,
@@ -471,7 +475,8 @@ fn route(rpc: &MethodDescriptor, binding: HttpBinding, kind: CallKind, sse: SseO
         body,
         response_body,
         rpc: rpc.clone(),
-        grpc: GrpcMethod { path: grpc_path, response: rpc.output() },
+        grpc: GrpcMethod { path: grpc_path, label: grpc_label, response: rpc.output() },
+        label,
         kind,
         sse,
         idempotent,

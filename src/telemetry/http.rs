@@ -29,6 +29,9 @@ use crate::telemetry::{access_log, traces};
 /// The request id header, set (or kept from the client) by the layer in front of this one.
 const REQUEST_ID: &str = "x-request-id";
 
+/// The route label of a request that matched no route.
+static UNMATCHED: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("unmatched"));
+
 /// Finds the route template of a request before it is handled, so the span can be named after it. Only
 /// called when traces are exported.
 pub type RouteHint = Arc<dyn Fn(&Method, &str) -> Option<String> + Send + Sync>;
@@ -121,10 +124,10 @@ where
                     trace_id: trace_id.as_ref().map(traces::TraceIdHex::as_str),
                 });
             }
-            let route: Cow<'static, str> = match (&routed, matched) {
-                (Some(routed), _) => Cow::Owned(routed.0.template.as_str().to_owned()),
-                (None, Some(path)) => Cow::Owned(path),
-                (None, None) => Cow::Borrowed("unmatched"),
+            let route: Arc<str> = match (&routed, matched) {
+                (Some(routed), _) => Arc::clone(&routed.0.label),
+                (None, Some(path)) => Arc::from(path),
+                (None, None) => Arc::clone(&UNMATCHED),
             };
             if !span.is_disabled() {
                 span.record("http.response.status_code", i64::from(status.as_u16()));

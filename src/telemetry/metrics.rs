@@ -116,15 +116,16 @@ fn histogram_family<L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt:
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub method: Cow<'static, str>,
-    /// The route template (`/v1/users/{id}`), an operational path, or `unmatched`.
-    pub route: Cow<'static, str>,
+    /// The route template (`/v1/users/{id}`), an operational path, or `unmatched`; shared, not copied, per
+    /// request.
+    pub route: Arc<str>,
     pub status: u16,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub method: Cow<'static, str>,
-    pub route: Cow<'static, str>,
+    pub route: Arc<str>,
 }
 
 /// Why the gateway's limits refused a request.
@@ -204,24 +205,24 @@ pub fn gateway() -> &'static GatewayMetrics {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AttemptLabels {
-    pub cluster: String,
-    /// Shared with the endpoint, which writes its address once.
+    /// Shared with the cluster, the endpoint and the route, which write their labels once.
+    pub cluster: Arc<str>,
     pub endpoint: Arc<String>,
     /// `package.Service/Method`.
-    pub rpc: String,
+    pub rpc: Arc<str>,
     /// The gRPC code name, or `DEADLINE_EXCEEDED` for an attempt cut by the call's deadline.
     pub code: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClusterRpcLabels {
-    pub cluster: String,
-    pub rpc: String,
+    pub cluster: Arc<str>,
+    pub rpc: Arc<str>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClusterLabels {
-    pub cluster: String,
+    pub cluster: Arc<str>,
 }
 
 /// The gateway's upstream calls.

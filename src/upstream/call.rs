@@ -38,6 +38,8 @@ use crate::upstream::retry::{Decision, FailedAttempt, Failure, GiveUpReason};
 pub struct GrpcMethod {
     /// `/package.Service/Method`.
     pub path: http::uri::PathAndQuery,
+    /// `package.Service/Method`, as spans and metrics name the RPC; written once, shared by every call.
+    pub label: Arc<str>,
     pub response: prost_reflect::MessageDescriptor,
 }
 
@@ -168,7 +170,7 @@ pub(crate) trait Attempts {
     fn decide(&self, failed: &FailedAttempt) -> Decision;
     fn backoff(&self, attempts: u32) -> Duration;
     /// The cluster's name, for spans and metric labels.
-    fn cluster(&self) -> &str;
+    fn cluster(&self) -> &Arc<str>;
 }
 
 /// Runs `attempt` on endpoints until one succeeds or the policy gives up. `replay`, for a client stream, says
@@ -176,7 +178,7 @@ pub(crate) trait Attempts {
 /// counted as busy while a streamed response lasts.
 pub(crate) async fn with_retries<A, T, F, Fut>(
     upstream: &A,
-    rpc: &str,
+    rpc: &Arc<str>,
     options: &CallOptions,
     replay: Option<&RequestReplay>,
     mut attempt: F,
@@ -245,10 +247,7 @@ where
                 tracing::debug!(%endpoint, attempts, ?delay, code = ?status.code(), "retrying on another endpoint");
                 crate::telemetry::metrics::upstream()
                     .retries
-                    .get_or_create(&ClusterRpcLabels {
-                        cluster: upstream.cluster().to_owned(),
-                        rpc: rpc.trim_start_matches('/').to_owned(),
-                    })
+                    .get_or_create(&ClusterRpcLabels { cluster: Arc::clone(upstream.cluster()), rpc: Arc::clone(rpc) })
                     .inc();
                 tried.push(endpoint);
                 tokio::time::sleep(delay).await;
@@ -259,7 +258,7 @@ where
                     if reason == GiveUpReason::BudgetExhausted {
                         crate::telemetry::metrics::upstream()
                             .budget_exhausted
-                            .get_or_create(&ClusterLabels { cluster: upstream.cluster().to_owned() })
+                            .get_or_create(&ClusterLabels { cluster: Arc::clone(upstream.cluster()) })
                             .inc();
                     }
                 }
@@ -304,13 +303,13 @@ struct ObservedAttempt {
 }
 
 impl ObservedAttempt {
-    fn start(cluster: &str, rpc: &str, lease: &Lease, attempt: u32) -> Self {
+    fn start(cluster: &Arc<str>, rpc: &Arc<str>, lease: &Lease, attempt: u32) -> Self {
         Self {
             span: crate::telemetry::grpc::client_span(cluster, rpc, lease.address(), attempt),
             labels: AttemptLabels {
-                cluster: cluster.to_owned(),
+                cluster: Arc::clone(cluster),
                 endpoint: Arc::clone(lease.endpoint().label()),
-                rpc: rpc.trim_start_matches('/').to_owned(),
+                rpc: Arc::clone(rpc),
                 code: "OK",
             },
             started: std::time::Instant::now(),
@@ -475,8 +474,9 @@ mod tests {
         fn backoff(&self, attempts: u32) -> Duration {
             Backoff::default().delay(attempts, 0.5)
         }
-        fn cluster(&self) -> &str {
-            "test"
+        fn cluster(&self) -> &Arc<str> {
+            static NAME: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("test"));
+            &NAME
         }
     }
 
@@ -498,17 +498,18 @@ mod tests {
     ) -> (Result<&'static str, CallError>, u32) {
         let made = AtomicU32::new(0);
         let answers = Mutex::new(answers.into_iter());
-        let result = with_retries(upstream, "/test.Service/Method", options, None, |_grpc, _metadata, _time_left| {
-            made.fetch_add(1, Ordering::Relaxed);
-            let answer = answers.lock().ok().and_then(|mut answers| answers.next());
-            async move {
-                match answer {
-                    Some(answer) => answer,
-                    None => std::future::pending().await,
+        let result =
+            with_retries(upstream, &Arc::from("test.Service/Method"), options, None, |_grpc, _metadata, _time_left| {
+                made.fetch_add(1, Ordering::Relaxed);
+                let answer = answers.lock().ok().and_then(|mut answers| answers.next());
+                async move {
+                    match answer {
+                        Some(answer) => answer,
+                        None => std::future::pending().await,
+                    }
                 }
-            }
-        })
-        .await;
+            })
+            .await;
         (result.map(|(value, _lease)| value), made.load(Ordering::Relaxed))
     }
 

@@ -35,7 +35,7 @@ pub struct Upstream {
 
 struct Inner {
     /// The cluster's name in spans and metrics.
-    name: String,
+    name: Arc<str>,
     config: UpstreamConfig,
     balancer: Balancer,
     sources: Vec<Source>,
@@ -135,7 +135,7 @@ impl Upstream {
         }
         let cancel = cancel.child_token();
         let inner = Arc::new(Inner {
-            name: name.to_owned(),
+            name: Arc::from(name),
             balancer: Balancer::new(config.pool.clone(), config.breaker.clone()),
             limit: ConcurrencyLimit::new(config.limit.clone()),
             budget: RetryBudget::new(config.retry.budget.clone()),
@@ -176,7 +176,7 @@ impl Upstream {
         message: Bytes,
     ) -> Result<tonic::Response<DynamicMessage>, CallError> {
         let (response, _lease) =
-            call::with_retries(&*self.inner, method.path.as_str(), options, None, |mut grpc, metadata, time_left| {
+            call::with_retries(&*self.inner, &method.label, options, None, |mut grpc, metadata, time_left| {
                 let request = call::request(metadata, Ok(message.clone()), time_left);
                 let (path, codec) = (method.path.clone(), method.codec());
                 async move { grpc.unary(request, path, codec).await }
@@ -198,7 +198,7 @@ impl Upstream {
         options: &CallOptions,
         message: Bytes,
     ) -> Result<(tonic::Response<Streaming<DynamicMessage>>, Lease), CallError> {
-        call::with_retries(&*self.inner, method.path.as_str(), options, None, |mut grpc, metadata, time_left| {
+        call::with_retries(&*self.inner, &method.label, options, None, |mut grpc, metadata, time_left| {
             let request = call::request(metadata, Ok(message.clone()), time_left);
             let codec = method.codec().with_decode_buffer(codec::STREAM_DECODE_BUFFER);
             let path = method.path.clone();
@@ -220,18 +220,13 @@ impl Upstream {
         messages: mpsc::Receiver<Result<Bytes, Status>>,
     ) -> Result<tonic::Response<DynamicMessage>, CallError> {
         let replay = RequestReplay::new(messages);
-        let (response, _lease) = call::with_retries(
-            &*self.inner,
-            method.path.as_str(),
-            options,
-            Some(&replay),
-            |mut grpc, metadata, time_left| {
+        let (response, _lease) =
+            call::with_retries(&*self.inner, &method.label, options, Some(&replay), |mut grpc, metadata, time_left| {
                 let request = call::request(metadata, replay.stream(), time_left);
                 let (path, codec) = (method.path.clone(), method.codec());
                 async move { grpc.client_streaming(request, path, codec).await }
-            },
-        )
-        .await?;
+            })
+            .await?;
         Ok(response)
     }
 
@@ -383,7 +378,7 @@ impl Attempts for Inner {
         self.config.retry.backoff.delay(attempts, fastrand::f64())
     }
 
-    fn cluster(&self) -> &str {
+    fn cluster(&self) -> &Arc<str> {
         &self.name
     }
 }
