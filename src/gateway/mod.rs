@@ -305,10 +305,7 @@ pub async fn start(
 /// The route template a request will match, for naming its span before the handler runs.
 fn route_hint(catalog: &Arc<LiveCatalog>) -> RouteHint {
     let catalog = Arc::clone(catalog);
-    Arc::new(move |method, path| match catalog.current().routes.find(method, path) {
-        rules::RouteMatch::Found(route, _) => Some(route.template.as_str().to_owned()),
-        _ => None,
-    })
+    Arc::new(move |method, path| catalog.current().routes.label_for(method, path).cloned())
 }
 
 fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, GatewayStartError> {

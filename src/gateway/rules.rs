@@ -356,6 +356,16 @@ impl RouteTable {
     }
 
     /// The most specific route for `method` and `path`; else which methods the path has; else not found.
+    /// The label of the route a request would most likely reach: the first of `method` whose template
+    /// [fits](PathTemplate::fits) `path`, found without decoding the path's values (to name a span before the
+    /// request is handled; [`Self::find`] decides).
+    pub fn label_for(&self, method: &Method, path: &str) -> Option<&Arc<str>> {
+        self.routes
+            .iter()
+            .find(|route| route.http_method == *method && route.template.fits(path))
+            .map(|route| &route.label)
+    }
+
     pub fn find(&self, method: &Method, path: &str) -> RouteMatch<'_> {
         let mut allowed: Vec<Method> = Vec::new();
         for route in &self.routes {

@@ -214,6 +214,12 @@ impl PathTemplate {
         Some(PathMatch { values })
     }
 
+    /// Whether `path` has this template's shape (literals, segment count, verb), without decoding any value: the
+    /// cheap half of [`Self::matches`].
+    pub fn fits(&self, path: &str) -> bool {
+        path.strip_prefix('/').and_then(|rest| self.strip_verb(rest)).is_some_and(|rest| self.segments_match(rest))
+    }
+
     /// Two templates that would match exactly the same paths (same literals, wildcards and verb, whatever the
     /// variable names): registering both for one HTTP method is a conflict.
     pub fn same_shape(&self, other: &Self) -> bool {
@@ -1134,7 +1140,10 @@ mod properties {
         #[test]
         fn arbitrary_templates_and_paths_never_panic(template in "\\PC{0,24}", path in "\\PC{0,24}") {
             if let Ok(parsed) = PathTemplate::parse(&template) {
-                let _ = parsed.matches(&path);
+                // Whatever matches has the template's shape.
+                if parsed.matches(&path).is_some() {
+                    prop_assert!(parsed.fits(&path), "{} against {}", path, template);
+                }
                 let _ = parsed.openapi_path();
             }
         }
@@ -1174,6 +1183,8 @@ mod properties {
             let parsed = PathTemplate::parse(&text).map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
             let found = parsed.matches(&path).map(|m| m.values);
             prop_assert_eq!(found, Some(expected), "{} against {}", path, text);
+            prop_assert!(parsed.fits(&path), "{} against {}", path, text);
+            prop_assert!(!parsed.fits(&format!("{path}/extra")) || rest, "{} has a segment too many for {}", path, text);
         }
     }
 }

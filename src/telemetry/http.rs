@@ -34,7 +34,7 @@ static UNMATCHED: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Ar
 
 /// Finds the route template of a request before it is handled, so the span can be named after it. Only
 /// called when traces are exported.
-pub type RouteHint = Arc<dyn Fn(&Method, &str) -> Option<String> + Send + Sync>;
+pub type RouteHint = Arc<dyn Fn(&Method, &str) -> Option<Arc<str>> + Send + Sync>;
 
 /// Adds [`HttpTelemetry`] to a service.
 #[derive(Clone)]
@@ -170,7 +170,9 @@ impl<S> HttpTelemetry<S> {
         method: &str,
         matched: Option<&String>,
     ) -> (tracing::Span, Option<SpanContext>) {
-        let route = matched.cloned().or_else(|| (self.route_hint)(request.method(), request.uri().path()));
+        let route: Option<Arc<str>> = matched
+            .map(|path| Arc::from(path.as_str()))
+            .or_else(|| (self.route_hint)(request.method(), request.uri().path()));
         let name = match &route {
             Some(route) => format!("{method} {route}"),
             None => method.to_string(),
@@ -181,7 +183,7 @@ impl<S> HttpTelemetry<S> {
             otel.kind = "server",
             otel.status_code = Empty,
             http.request.method = method,
-            http.route = route,
+            http.route = route.as_deref(),
             http.response.status_code = Empty,
             url.path = request.uri().path(),
             url.scheme = "http",
