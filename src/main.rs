@@ -122,7 +122,7 @@ async fn serve_public(
     started: gateway::Gateway,
     config: &gateway::GatewayConfig,
     shutdown: CancellationToken,
-) -> Result<(), gateway::server::StartError> {
+) -> Result<(), gateway::workers::StartError> {
     match started.tls {
         Some(tls) => gateway::serve_tls(listener, started.public, tls, config, shutdown).await,
         None => gateway::serve(listener, started.public, config, shutdown).await,

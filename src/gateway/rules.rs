@@ -61,8 +61,6 @@ pub struct PathField {
 pub struct Route {
     pub http_method: Method,
     pub template: PathTemplate,
-    /// The template as metrics and spans label the route; written once, shared by every request.
-    pub label: Arc<str>,
     pub path_fields: Vec<PathField>,
     pub body: BodyRule,
     pub response_body: ResponseBody,
@@ -363,7 +361,7 @@ impl RouteTable {
         self.routes
             .iter()
             .find(|route| route.http_method == *method && route.template.fits(path))
-            .map(|route| &route.label)
+            .map(|route| route.template.label())
     }
 
     pub fn find(&self, method: &Method, path: &str) -> RouteMatch<'_> {
@@ -476,7 +474,6 @@ fn route(rpc: &MethodDescriptor, binding: HttpBinding, kind: CallKind, sse: SseO
     let grpc_path = format!("/{}/{}", rpc.parent_service().full_name(), rpc.name());
     let grpc_label = Arc::from(&grpc_path[1..]);
     let grpc_path = PathAndQuery::try_from(grpc_path).map_err(|e| invalid(format!("bad gRPC path: {e}")))?;
-    let label = Arc::from(template.as_str());
     let idempotent = http_method == Method::GET || http_method == Method::HEAD || marked_idempotent(rpc);
     Ok(Route {
         http_method,
@@ -486,7 +483,6 @@ fn route(rpc: &MethodDescriptor, binding: HttpBinding, kind: CallKind, sse: SseO
         response_body,
         rpc: rpc.clone(),
         grpc: GrpcMethod { path: grpc_path, label: grpc_label, response: rpc.output() },
-        label,
         kind,
         sse,
         idempotent,

@@ -1,6 +1,5 @@
 //! The accept loop: HTTP/1.1 and h2c on one listener (or, with TLS, HTTP/1.1 and h2 by ALPN), with a header
-//! read timeout and a graceful drain. It accepts on the caller's runtime and serves each connection on the
-//! gateway's worker threads (`workers.rs`).
+//! read timeout and a graceful drain, all on the gateway's worker threads (`workers.rs`).
 //!
 //! A connection's protocol is decided first (by peeking for the HTTP/2 preface, or from ALPN), then hyper's own
 //! HTTP/1 or HTTP/2 connection serves it. hyper-util's auto connection would decide by reading the first bytes
@@ -23,8 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::gateway::GatewayConfig;
-pub use crate::gateway::workers::StartError;
-use crate::gateway::workers::Workers;
+use crate::gateway::workers::{StartError, Workers};
 
 /// What a client sends first to speak HTTP/2 without TLS ("prior knowledge", RFC 9113 §3.3).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -109,14 +107,15 @@ async fn finish<E: std::fmt::Display>(connection: impl Future<Output = Result<()
 ///
 /// # Errors
 ///
-/// The `config.workers` threads that serve the connections cannot be started.
+/// The `config.workers` threads that serve the connections cannot be started, or the listener cannot be
+/// handed to them.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     config: &GatewayConfig,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
-    accept_loop(listener, router, None, config, shutdown).await
+    run(listener, router, None, config, shutdown).await
 }
 
 /// Serves `router` over TLS on `listener`, as [`serve`] does in plain text. The TLS handshake runs on the
@@ -132,21 +131,53 @@ pub async fn serve_tls(
     config: &GatewayConfig,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
-    accept_loop(listener, router, Some(tls), config, shutdown).await
+    run(listener, router, Some(tls), config, shutdown).await
 }
 
-async fn accept_loop(
+/// Starts the workers and runs the accept loop on them, the listener moved to their reactor once, so every
+/// connection it accepts is theirs from the start; then ends the workers, which closes whatever outlived the
+/// drain.
+async fn run(
     listener: TcpListener,
     router: Router,
     tls: Option<TlsAcceptor>,
     config: &GatewayConfig,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
-    let handshake_timeout = config.header_read_timeout;
-    let drain_timeout = config.drain_timeout;
-    let builders = Builders::new(config);
-    let graceful = GracefulShutdown::new();
     let workers = Workers::start(config.workers)?;
+    let listener = listener.into_std()?;
+    let settings = LoopSettings {
+        builders: Builders::new(config),
+        handshake_timeout: config.header_read_timeout,
+        drain_timeout: config.drain_timeout,
+    };
+    let accepting = workers.spawn(accept_loop(listener, router, tls, settings, shutdown));
+    let ended = accepting.await;
+    drop(workers);
+    match ended {
+        Ok(registered) => Ok(registered?),
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        Err(_) => Ok(()),
+    }
+}
+
+/// What the accept loop needs from the gateway's settings.
+struct LoopSettings {
+    builders: Builders,
+    handshake_timeout: Duration,
+    drain_timeout: Duration,
+}
+
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    router: Router,
+    tls: Option<TlsAcceptor>,
+    settings: LoopSettings,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let LoopSettings { builders, handshake_timeout, drain_timeout } = settings;
+    let listener = TcpListener::from_std(listener)?;
+    let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -160,27 +191,13 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        // The socket leaves this runtime's reactor for the worker's.
-        let stream = match stream.into_std() {
-            Ok(stream) => stream,
-            Err(error) => {
-                tracing::debug!(%error, %peer, "cannot hand the connection to a worker");
-                continue;
-            }
-        };
         let (builders, router, watcher, tls) = (builders.clone(), router.clone(), graceful.watcher(), tls.clone());
         // The protocol is found on a task of its own, so a slow client holds up nobody else; the connection is
         // then served on a task sized for its protocol.
-        workers.spawn(async move {
-            let stream = match TcpStream::from_std(stream) {
-                Ok(stream) => stream,
-                Err(error) => return tracing::debug!(%error, %peer, "cannot register the connection"),
-            };
+        tokio::spawn(async move {
             let Some(tls) = tls else {
                 match tokio::time::timeout(handshake_timeout, sniff(&stream)).await {
-                    Ok(Ok(protocol)) => {
-                        builders.spawn(TokioIo::new(stream), protocol, &router, peer, watcher);
-                    }
+                    Ok(Ok(protocol)) => builders.spawn(TokioIo::new(stream), protocol, &router, peer, watcher),
                     Ok(Err(error)) => tracing::debug!(%error, %peer, "connection failed before its first request"),
                     Err(_) => tracing::debug!(%peer, "no request within the header read timeout"),
                 }
@@ -202,7 +219,5 @@ async fn accept_loop(
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(drain_timeout) => tracing::warn!(timeout = ?drain_timeout, "drain timed out; closing remaining connections"),
     }
-    // Ending the workers closes what is left.
-    drop(workers);
     Ok(())
 }

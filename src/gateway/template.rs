@@ -55,11 +55,13 @@
 use std::cmp::Ordering;
 use std::fmt;
 use std::ops::Range;
+use std::sync::Arc;
 
 /// A parsed `google.api.http` path template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathTemplate {
-    text: String,
+    /// Shared, so that metrics and spans label a route with it without copying it per request.
+    text: Arc<str>,
     segments: Vec<Segment>,
     variables: Vec<Variable>,
     verb: Option<String>,
@@ -179,6 +181,11 @@ impl PathTemplate {
 
     /// The original template text.
     pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The original template text, as a label to share.
+    pub fn label(&self) -> &Arc<str> {
         &self.text
     }
 
@@ -469,7 +476,7 @@ impl<'a> Parser<'a> {
     }
 
     fn finish(self, verb: Option<String>) -> PathTemplate {
-        PathTemplate { text: self.text.to_owned(), segments: self.segments, variables: self.variables, verb }
+        PathTemplate { text: Arc::from(self.text), segments: self.segments, variables: self.variables, verb }
     }
 
     fn top_level_segment(&mut self) -> Result<(), TemplateError> {

@@ -17,7 +17,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::runtime::Runtime;
+use tokio::runtime::{Handle, Runtime};
+use tokio::task::JoinHandle;
 
 use crate::upstream::pool;
 
@@ -28,13 +29,15 @@ pub fn default_count() -> usize {
 
 /// Why the workers could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot start the gateway's worker threads: {0}")]
+#[error("cannot start the gateway's worker threads or listener: {0}")]
 pub struct StartError(#[from] std::io::Error);
 
 /// The running data plane. Dropping it ends it, cancelling whatever it still runs (the accept loop drops it
 /// only after the drain).
 pub struct Workers {
     runtime: Option<Runtime>,
+    /// Spawns onto the runtime for as long as it runs.
+    handle: Handle,
 }
 
 impl Workers {
@@ -54,14 +57,12 @@ impl Workers {
             .on_thread_start(move || pool::assign_thread_lane(started.fetch_add(1, Ordering::Relaxed) % count))
             .enable_all()
             .build()?;
-        Ok(Self { runtime: Some(runtime) })
+        Ok(Self { handle: runtime.handle().clone(), runtime: Some(runtime) })
     }
 
-    /// Runs `job` (one client connection, to its end) on the workers.
-    pub fn spawn(&self, job: impl Future<Output = ()> + Send + 'static) {
-        if let Some(runtime) = &self.runtime {
-            runtime.spawn(job);
-        }
+    /// Runs `task` on the workers.
+    pub fn spawn<T: Send + 'static>(&self, task: impl Future<Output = T> + Send + 'static) -> JoinHandle<T> {
+        self.handle.spawn(task)
     }
 }
 

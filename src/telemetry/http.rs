@@ -83,7 +83,7 @@ where
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let started = Instant::now();
         let method = method_label(request.method());
-        let matched = request.extensions().get::<MatchedPath>().map(|path| path.as_str().to_owned());
+        let matched: Option<Arc<str>> = request.extensions().get::<MatchedPath>().map(|path| Arc::from(path.as_str()));
         let (span, span_context) = if traces::enabled() {
             self.server_span(&request, &method, matched.as_ref())
         } else {
@@ -125,8 +125,8 @@ where
                 });
             }
             let route: Arc<str> = match (&routed, matched) {
-                (Some(routed), _) => Arc::clone(&routed.0.label),
-                (None, Some(path)) => Arc::from(path),
+                (Some(routed), _) => Arc::clone(routed.0.template.label()),
+                (None, Some(path)) => path,
                 (None, None) => Arc::clone(&UNMATCHED),
             };
             if !span.is_disabled() {
@@ -168,11 +168,10 @@ impl<S> HttpTelemetry<S> {
         &self,
         request: &Request<Body>,
         method: &str,
-        matched: Option<&String>,
+        matched: Option<&Arc<str>>,
     ) -> (tracing::Span, Option<SpanContext>) {
-        let route: Option<Arc<str>> = matched
-            .map(|path| Arc::from(path.as_str()))
-            .or_else(|| (self.route_hint)(request.method(), request.uri().path()));
+        let route: Option<Arc<str>> =
+            matched.cloned().or_else(|| (self.route_hint)(request.method(), request.uri().path()));
         let name = match &route {
             Some(route) => format!("{method} {route}"),
             None => method.to_string(),
