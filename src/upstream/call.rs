@@ -185,7 +185,7 @@ pub(crate) async fn with_retries<A, T, F, Fut>(
 ) -> Result<(T, Lease), CallError>
 where
     A: Attempts,
-    F: FnMut(Grpc<Channel>, tonic::metadata::MetadataMap, Option<Duration>) -> Fut,
+    F: FnMut(&Lease, tonic::metadata::MetadataMap, Option<Duration>) -> Fut,
     Fut: Future<Output = Result<T, Status>>,
 {
     let deadline = options.deadline();
@@ -278,20 +278,28 @@ async fn run_attempt<T, F, Fut>(
     attempt: &mut F,
 ) -> Result<T, AttemptError>
 where
-    F: FnMut(Grpc<Channel>, MetadataMap, Option<Duration>) -> Fut,
+    F: FnMut(&Lease, MetadataMap, Option<Duration>) -> Fut,
     Fut: Future<Output = Result<T, Status>>,
 {
-    let mut grpc = Grpc::new(lease.channel());
-    if let Err(error) = grpc.ready().await {
-        // The connection's worker is gone: nothing was sent.
-        return Err(AttemptError::Status(Status::from_error(Box::new(tonic::ConnectError(Box::new(error))))));
-    }
-    let call = attempt(grpc, metadata, time_left);
+    let call = attempt(lease, metadata, time_left);
     match time_left {
         Some(left) => tokio::time::timeout(left, call).await.map_err(|_| AttemptError::TimedOut)?,
         None => call.await,
     }
     .map_err(AttemptError::Status)
+}
+
+/// A tonic client on `channel`, once the channel can take a call.
+///
+/// # Errors
+///
+/// The channel's worker is gone: a status saying that nothing was sent.
+pub async fn ready_client(channel: Channel) -> Result<Grpc<Channel>, Status> {
+    let mut grpc = Grpc::new(channel);
+    match grpc.ready().await {
+        Ok(()) => Ok(grpc),
+        Err(error) => Err(Status::from_error(Box::new(tonic::ConnectError(Box::new(error))))),
+    }
 }
 
 /// One attempt as telemetry sees it: its client span (the parent of the upstream's server span) and its
@@ -498,8 +506,12 @@ mod tests {
     ) -> (Result<&'static str, CallError>, u32) {
         let made = AtomicU32::new(0);
         let answers = Mutex::new(answers.into_iter());
-        let result =
-            with_retries(upstream, &Arc::from("test.Service/Method"), options, None, |_grpc, _metadata, _time_left| {
+        let result = with_retries(
+            upstream,
+            &Arc::from("test.Service/Method"),
+            options,
+            None,
+            |_lease, _metadata, _time_left| {
                 made.fetch_add(1, Ordering::Relaxed);
                 let answer = answers.lock().ok().and_then(|mut answers| answers.next());
                 async move {
@@ -508,8 +520,9 @@ mod tests {
                         None => std::future::pending().await,
                     }
                 }
-            })
-            .await;
+            },
+        )
+        .await;
         (result.map(|(value, _lease)| value), made.load(Ordering::Relaxed))
     }
 

@@ -176,10 +176,24 @@ impl Upstream {
         message: Bytes,
     ) -> Result<tonic::Response<DynamicMessage>, CallError> {
         let (response, _lease) =
-            call::with_retries(&*self.inner, &method.label, options, None, |mut grpc, metadata, time_left| {
-                let request = call::request(metadata, Ok(message.clone()), time_left);
-                let (path, codec) = (method.path.clone(), method.codec());
-                async move { grpc.unary(request, path, codec).await }
+            call::with_retries(&*self.inner, &method.label, options, None, |lease, metadata, time_left| {
+                let connection = match lease.direct() {
+                    Some(direct) => Ok(direct),
+                    None => Err(lease.channel()),
+                };
+                let message = message.clone();
+                async move {
+                    match connection {
+                        Ok(direct) => {
+                            let metadata = call::request(metadata, (), time_left).into_parts().0;
+                            direct.unary(&method.path, metadata, &message, &method.response).await
+                        }
+                        Err(channel) => {
+                            let request = call::request(metadata, Ok(message), time_left);
+                            call::ready_client(channel).await?.unary(request, method.path.clone(), method.codec()).await
+                        }
+                    }
+                }
             })
             .await?;
         Ok(response)
@@ -198,11 +212,11 @@ impl Upstream {
         options: &CallOptions,
         message: Bytes,
     ) -> Result<(tonic::Response<Streaming<DynamicMessage>>, Lease), CallError> {
-        call::with_retries(&*self.inner, &method.label, options, None, |mut grpc, metadata, time_left| {
+        call::with_retries(&*self.inner, &method.label, options, None, |lease, metadata, time_left| {
             let request = call::request(metadata, Ok(message.clone()), time_left);
             let codec = method.codec().with_decode_buffer(codec::STREAM_DECODE_BUFFER);
-            let path = method.path.clone();
-            async move { grpc.server_streaming(request, path, codec).await }
+            let (path, channel) = (method.path.clone(), lease.channel());
+            async move { call::ready_client(channel).await?.server_streaming(request, path, codec).await }
         })
         .await
     }
@@ -221,10 +235,10 @@ impl Upstream {
     ) -> Result<tonic::Response<DynamicMessage>, CallError> {
         let replay = RequestReplay::new(messages);
         let (response, _lease) =
-            call::with_retries(&*self.inner, &method.label, options, Some(&replay), |mut grpc, metadata, time_left| {
+            call::with_retries(&*self.inner, &method.label, options, Some(&replay), |lease, metadata, time_left| {
                 let request = call::request(metadata, replay.stream(), time_left);
-                let (path, codec) = (method.path.clone(), method.codec());
-                async move { grpc.client_streaming(request, path, codec).await }
+                let (path, codec, channel) = (method.path.clone(), method.codec(), lease.channel());
+                async move { call::ready_client(channel).await?.client_streaming(request, path, codec).await }
             })
             .await?;
         Ok(response)

@@ -239,6 +239,11 @@ impl Lease {
         self.endpoint.pool.channel(self.connection)
     }
 
+    /// The connection's direct HTTP/2 connection for unary calls; None for a TLS endpoint.
+    pub fn direct(&self) -> Option<Arc<crate::upstream::direct::DirectConnection>> {
+        self.endpoint.pool.direct(self.connection)
+    }
+
     pub fn address(&self) -> &Uri {
         &self.endpoint.address
     }

@@ -5,6 +5,7 @@
 //! call.rs       deadline ▶ bulkhead ▶ retries (retry.rs: policy, backoff, budget)
 //! balancer.rs   ▶ power of two choices over endpoints that take traffic
 //! endpoint.rs   ▶ per-endpoint breaker (breaker.rs) and health (health.rs) ▶ pooled HTTP/2 connections (pool.rs)
+//! direct.rs     unary calls to plain-text endpoints, straight over h2 rather than through tonic's channel
 //! cluster.rs    holds it together with discovery (discovery.rs, dns.rs) and serves the admin snapshot
 //! ```
 
@@ -13,6 +14,7 @@ pub mod breaker;
 pub mod call;
 pub mod cluster;
 pub mod codec;
+pub mod direct;
 pub mod discovery;
 pub mod dns;
 pub mod endpoint;

@@ -13,12 +13,13 @@
 //! thread. A thread says which lane is its own with [`assign_thread_lane`].
 
 use std::cell::Cell;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use crate::upstream::direct::{DirectConnection, DirectSettings};
 use crate::upstream::tls::UpstreamTls;
 
 /// Connection settings for every upstream connection.
@@ -107,7 +108,11 @@ pub fn thread_lane() -> Option<usize> {
 
 struct Connection {
     /// Made on first use, so that its tasks (tonic's and hyper's) run on the runtime of the thread that uses it.
+    /// Streams, and every call to a TLS endpoint, go over it.
     channel: OnceLock<Channel>,
+    /// Unary calls to a plain-text endpoint go over this one, which they drive themselves (`direct.rs`); it too
+    /// connects on first use.
+    direct: Option<Arc<DirectConnection>>,
     outstanding: AtomicUsize,
 }
 
@@ -124,8 +129,14 @@ impl ConnectionPool {
     /// and the shared one.
     pub fn new(address: &Uri, config: &PoolConfig) -> Self {
         let per_lane = config.connections_per_endpoint.max(1);
+        let direct =
+            DirectSettings { connect_timeout: config.connect_timeout, keep_alive_interval: config.keep_alive_interval };
         let connections = (0..per_lane * (config.worker_lanes + 1))
-            .map(|_| Connection { channel: OnceLock::new(), outstanding: AtomicUsize::new(0) })
+            .map(|_| Connection {
+                channel: OnceLock::new(),
+                direct: DirectConnection::new(address, direct).map(Arc::new),
+                outstanding: AtomicUsize::new(0),
+            })
             .collect();
         Self { endpoint: endpoint(address, config), connections, per_lane }
     }
@@ -162,9 +173,21 @@ impl ConnectionPool {
         self.connections[index].channel.get_or_init(|| self.endpoint.connect_lazy()).clone()
     }
 
-    /// Connections made so far (each connects on its first call, and reconnects when it fails).
+    /// The direct connection of `index`, for unary calls; None for a TLS endpoint.
+    pub fn direct(&self, index: usize) -> Option<Arc<DirectConnection>> {
+        self.connections[index].direct.clone()
+    }
+
+    /// Connections made so far: tonic channels (each connects on its first call, and reconnects when it fails)
+    /// and direct connections now open.
     pub fn opened(&self) -> usize {
-        self.connections.iter().filter(|connection| connection.channel.get().is_some()).count()
+        self.connections
+            .iter()
+            .map(|connection| {
+                usize::from(connection.channel.get().is_some())
+                    + usize::from(connection.direct.as_ref().is_some_and(|direct| direct.is_open()))
+            })
+            .sum()
     }
 }
 
