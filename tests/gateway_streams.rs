@@ -224,6 +224,26 @@ async fn a_streamed_body_reaches_the_upstream_as_it_arrives() -> TestResult {
 /// The dangerous case: valid items have already gone upstream when the body breaks. Ending the upstream
 /// stream cleanly would commit them; the gateway must abort the call instead.
 #[tokio::test]
+async fn a_client_that_goes_away_mid_stream_commits_nothing() -> TestResult {
+    use tokio::io::AsyncWriteExt;
+    let gateway = start_gateway().await;
+    for _ in 0..3 {
+        let mut stream = tokio::net::TcpStream::connect(gateway.addr).await?;
+        let head = "POST /v1/users:batchCreate HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n";
+        stream.write_all(head.as_bytes()).await?;
+        let item = "{\"name\":\"A\",\"email\":\"a@example.com\",\"password\":\"password-a\"}\n";
+        stream.write_all(format!("{:x}\r\n{item}\r\n", item.len()).as_bytes()).await?;
+        // Long enough for the item to be parsed and sent upstream; then the client vanishes without ending
+        // its body.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(stream);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(count(&gateway).await?, 0, "the half-sent batch of a client that went away must not be committed");
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_body_that_breaks_after_items_went_upstream_commits_nothing() -> TestResult {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let gateway = start_gateway().await;

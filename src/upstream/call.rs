@@ -353,6 +353,18 @@ pub fn request<T>(metadata: MetadataMap, message: T, time_left: Option<Duration>
     request
 }
 
+/// One item of a client stream, from the reader of the HTTP body to the upstream call.
+#[derive(Debug)]
+pub enum StreamItem {
+    Message(Bytes),
+    /// The body broke: the call must fail rather than end as if the stream were complete.
+    Failed(Status),
+    /// The body ended cleanly: the stream is complete. Only this ends the upstream stream cleanly; a channel
+    /// closed without it (the HTTP client went away, the handler was dropped) fails the call, so the server
+    /// never takes a cut-off stream for a whole one (a batch would commit its first half).
+    End,
+}
+
 /// A client stream that can be sent again until its first message has gone out.
 ///
 /// The messages come from a channel the HTTP body feeds. Each attempt reads them through its own
@@ -364,14 +376,16 @@ pub struct RequestReplay {
 }
 
 struct ReplayState {
-    messages: mpsc::Receiver<Result<Bytes, Status>>,
+    messages: mpsc::Receiver<StreamItem>,
     generation: u64,
     pulled: bool,
+    /// [`StreamItem::End`] has been taken: every later poll, of this attempt's stream or a retry's, ends.
+    ended: bool,
 }
 
 impl RequestReplay {
-    pub fn new(messages: mpsc::Receiver<Result<Bytes, Status>>) -> Self {
-        Self { state: Arc::new(Mutex::new(ReplayState { messages, generation: 0, pulled: false })) }
+    pub fn new(messages: mpsc::Receiver<StreamItem>) -> Self {
+        Self { state: Arc::new(Mutex::new(ReplayState { messages, generation: 0, pulled: false, ended: false })) }
     }
 
     /// The stream for the next attempt.
@@ -421,11 +435,28 @@ impl Stream for AttemptStream {
             // An error, not the end: ending cleanly would tell the server the (empty) stream was complete.
             return Poll::Ready(Some(Err(Status::cancelled("superseded by a retry"))));
         }
-        let item = state.messages.poll_recv(cx);
-        if matches!(item, Poll::Ready(Some(_))) {
-            state.pulled = true;
+        if state.ended {
+            return Poll::Ready(None);
         }
-        item
+        match std::task::ready!(state.messages.poll_recv(cx)) {
+            Some(StreamItem::Message(message)) => {
+                state.pulled = true;
+                Poll::Ready(Some(Ok(message)))
+            }
+            Some(StreamItem::Failed(status)) => {
+                state.pulled = true;
+                Poll::Ready(Some(Err(status)))
+            }
+            Some(StreamItem::End) => {
+                state.ended = true;
+                Poll::Ready(None)
+            }
+            None => {
+                drop(state);
+                self.retired = true;
+                Poll::Ready(Some(Err(Status::cancelled("the request stream was abandoned before its end"))))
+            }
+        }
     }
 }
 
@@ -615,7 +646,7 @@ mod tests {
         assert!(!replay.pulled());
         assert!(replay.rewind());
         // The retired stream must not take the message meant for the next attempt.
-        sink.send(Ok(Bytes::from_static(b"one"))).await.ok();
+        sink.send(StreamItem::Message(Bytes::from_static(b"one"))).await.ok();
         assert!(matches!(first.next().await, Some(Err(status)) if status.code() == Code::Cancelled));
         assert!(first.next().await.is_none());
 
@@ -623,8 +654,30 @@ mod tests {
         assert_eq!(second.next().await.and_then(Result::ok), Some(Bytes::from_static(b"one")));
         assert!(replay.pulled());
         assert!(!replay.rewind());
-        drop(sink);
+        sink.send(StreamItem::End).await.ok();
+        assert!(second.next().await.is_none(), "an explicit end ends the stream cleanly");
         assert!(second.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_stream_abandoned_without_its_end_fails_instead_of_ending() {
+        let (sink, messages) = mpsc::channel(4);
+        let replay = RequestReplay::new(messages);
+        let mut stream = replay.stream();
+        sink.send(StreamItem::Message(Bytes::from_static(b"half"))).await.ok();
+        drop(sink);
+        assert_eq!(stream.next().await.and_then(Result::ok), Some(Bytes::from_static(b"half")));
+        assert!(matches!(stream.next().await, Some(Err(status)) if status.code() == Code::Cancelled));
+        assert!(stream.next().await.is_none());
+
+        // An empty stream that ended cleanly can be sent again: a retry's stream ends at once too.
+        let (sink, messages) = mpsc::channel(4);
+        let replay = RequestReplay::new(messages);
+        sink.send(StreamItem::End).await.ok();
+        drop(sink);
+        assert!(replay.stream().next().await.is_none());
+        assert!(replay.rewind());
+        assert!(replay.stream().next().await.is_none());
     }
 
     #[test]

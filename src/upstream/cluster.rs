@@ -11,12 +11,11 @@ use serde::Serialize;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
-use tonic::Status;
 use tonic::codec::Streaming;
 use tonic::transport::Uri;
 
 use crate::upstream::balancer::{Balancer, NoEndpoint};
-use crate::upstream::call::{self, Attempts, CallError, CallOptions, GrpcMethod, RequestReplay};
+use crate::upstream::call::{self, Attempts, CallError, CallOptions, GrpcMethod, RequestReplay, StreamItem};
 use crate::upstream::codec;
 use crate::upstream::discovery::{self, MIN_RERESOLVE_INTERVAL, Target, TargetError};
 use crate::upstream::dns::DnsResolver;
@@ -231,7 +230,7 @@ impl Upstream {
         &self,
         method: &GrpcMethod,
         options: &CallOptions,
-        messages: mpsc::Receiver<Result<Bytes, Status>>,
+        messages: mpsc::Receiver<StreamItem>,
     ) -> Result<tonic::Response<DynamicMessage>, CallError> {
         let replay = RequestReplay::new(messages);
         let (response, _lease) =

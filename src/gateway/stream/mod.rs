@@ -27,6 +27,7 @@ use crate::gateway::rules::Route;
 use crate::gateway::transcode::http_body;
 use crate::gateway::transcode::{message_json, parse_message};
 use crate::upstream::Lease;
+use crate::upstream::call::StreamItem;
 use split::{JsonSplitter, SplitLimits};
 
 /// The messages of a server stream, as they arrive from the upstream; an `Err` ends it.
@@ -195,21 +196,25 @@ pub struct RequestStreamLimits {
 
 /// Feeds a JSON-array or NDJSON `body` into `sink` as request messages, one as soon as it has arrived.
 ///
-/// On any problem (bad framing, invalid message, body too large, broken connection) an `Err` item goes into
-/// the sink before it is dropped, which aborts the upstream call rather than ending it cleanly, and the error
-/// is returned for the client.
+/// A body read to its end closes the stream with [`StreamItem::End`]. On any problem (bad framing, invalid
+/// message, body too large, broken connection) a [`StreamItem::Failed`] goes into the sink instead, which
+/// aborts the upstream call rather than ending it cleanly, and the error is returned for the client; so does
+/// a sink dropped without either (the client went away and this future with it).
 pub async fn feed_request_stream(
     body: Body,
     descriptor: MessageDescriptor,
     limits: RequestStreamLimits,
-    sink: mpsc::Sender<Result<bytes::Bytes, tonic::Status>>,
+    sink: mpsc::Sender<StreamItem>,
 ) -> Result<(), GatewayError> {
     let result = read_messages(body, &descriptor, limits, &sink).await;
-    if let Err(error) = &result {
-        let abort = tonic::Status::cancelled(format!("the HTTP client's request stream failed: {error}"));
-        // If the upstream has stopped reading, the channel may be full; it is dropped either way after this.
-        let _ = tokio::time::timeout(Duration::from_secs(5), sink.send(Err(abort))).await;
-    }
+    let last = match &result {
+        Ok(()) => StreamItem::End,
+        Err(error) => {
+            StreamItem::Failed(tonic::Status::cancelled(format!("the HTTP client's request stream failed: {error}")))
+        }
+    };
+    // If the upstream has stopped reading, the channel may be full; it is dropped either way after this.
+    let _ = tokio::time::timeout(Duration::from_secs(5), sink.send(last)).await;
     result
 }
 
@@ -217,7 +222,7 @@ async fn read_messages(
     body: Body,
     descriptor: &MessageDescriptor,
     limits: RequestStreamLimits,
-    sink: &mpsc::Sender<Result<bytes::Bytes, tonic::Status>>,
+    sink: &mpsc::Sender<StreamItem>,
 ) -> Result<(), GatewayError> {
     let mut splitter = JsonSplitter::new(SplitLimits {
         max_message_bytes: limits.max_message_bytes,
@@ -245,7 +250,7 @@ async fn read_messages(
                 GatewayError::BadRequest(message) => GatewayError::BadRequest(format!("message {index}: {message}")),
                 other => other,
             })?;
-            if sink.send(Ok(bytes::Bytes::from(prost::Message::encode_to_vec(&message)))).await.is_err() {
+            if sink.send(StreamItem::Message(prost::Message::encode_to_vec(&message).into())).await.is_err() {
                 // The upstream call is over; its status is what the client gets.
                 return Ok(());
             }
