@@ -85,7 +85,41 @@ async fn more_than_1000_items_are_refused_and_nothing_is_stored(backend: Backend
     Ok(())
 }
 
+/// A client that cancels its stream halfway (HTTP/2 RST_STREAM with CANCEL, as grpc-go's clients do when a call
+/// is cancelled) has not sent a batch: nothing it sent may be stored. tonic's decoder alone would read that reset
+/// as the clean end of the request stream (`Code::Cancelled` on a request body ends it); what keeps the batch out
+/// is that the server drops the call's handler when its stream is reset. This pins that down.
+async fn a_stream_the_client_cancels_halfway_stores_nothing(backend: Backend) -> TestResult {
+    use prost::Message;
+    let server = start_on(backend).await;
+    let mut client = server.client().await;
+    let socket = tokio::net::TcpStream::connect(server.addr).await?;
+    let (sender, connection) = h2::client::handshake(socket).await?;
+    tokio::spawn(connection);
+    let mut sender = sender.ready().await?;
+    let request = http::Request::post(format!("http://{}/user.UserService/BatchCreateUsers", server.addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())?;
+    let (response, mut body) = sender.send_request(request, false)?;
+    for (name, email) in [("Ada", "ada@example.com"), ("Grace", "grace@example.com")] {
+        let item = create_request(name, email).encode_to_vec();
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&u32::try_from(item.len())?.to_be_bytes());
+        frame.extend_from_slice(&item);
+        body.send_data(frame.into(), false)?;
+    }
+    // Long enough for both items to reach the server; then the client cancels instead of ending its stream.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    body.send_reset(h2::Reason::CANCEL);
+    drop(response);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(count(&mut client).await?, 0, "a cancelled batch stores nothing");
+    Ok(())
+}
+
 per_backend!(
+    a_stream_the_client_cancels_halfway_stores_nothing,
     creates_every_item_in_order,
     an_invalid_item_stores_nothing_and_is_named_by_index,
     an_email_clash_with_a_stored_user_rolls_back_the_whole_batch,
