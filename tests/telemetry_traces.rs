@@ -209,6 +209,8 @@ async fn a_request_with_a_traceparent_is_one_trace_from_http_to_sql() -> TestRes
     assert_eq!(client.attribute("rpc.service").as_deref(), Some("user.UserService"));
     assert_eq!(client.attribute("rpc.method").as_deref(), Some("GetUser"));
     assert_eq!(client.attribute("rpc.grpc.status_code").as_deref(), Some("0"));
+    assert_eq!(client.attribute("server.address").as_deref(), Some("127.0.0.1"));
+    assert!(client.span.status.as_ref().is_none_or(|status| status.code != 2), "an OK attempt is not an error");
 
     let upstream = find("portico-user-service", SpanKind::Server)?;
     assert_eq!(upstream.span.parent_span_id, client.span.span_id, "the context travelled in gRPC metadata");
@@ -348,6 +350,9 @@ async fn a_retried_call_shows_one_client_span_per_attempt() -> TestResult {
     assert_eq!(attempts[0].attribute("portico.attempt").as_deref(), Some("1"));
     assert_eq!(attempts[1].attribute("rpc.grpc.status_code").as_deref(), Some("5"), "NOT_FOUND");
     assert_eq!(attempts[1].attribute("portico.attempt").as_deref(), Some("2"));
+    // A client span's failed attempt is an error, whatever the code (the RPC conventions for clients).
+    let is_error = |span: &Received| span.span.status.as_ref().is_some_and(|status| status.code == 2);
+    assert!(is_error(attempts[0]) && is_error(attempts[1]), "{attempts:#?}");
     assert_ne!(attempts[0].attribute("server.port"), attempts[1].attribute("server.port"), "another endpoint");
     collector
         .wait_for_trace(&server.span.trace_id, |spans| {

@@ -24,6 +24,7 @@ use crate::gateway::stream::{self, NDJSON, RequestStreamLimits};
 use crate::gateway::template::PathMatch;
 use crate::gateway::transcode;
 use crate::gateway::transcode::http_body;
+use crate::telemetry::traces::ServerSpanContext;
 use crate::upstream::CallOptions;
 
 /// The route a request took, left in the response's extensions for the request log (a reference count, not
@@ -88,6 +89,7 @@ fn call_options(
         timeout,
         started,
         client_deadline,
+        trace_parent: parts.extensions.get::<ServerSpanContext>().map(|parent| parent.0.clone()),
     })
 }
 

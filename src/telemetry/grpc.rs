@@ -2,9 +2,11 @@
 //! per call, named and attributed after the OpenTelemetry RPC conventions (`rpc.system`, `rpc.service`,
 //! `rpc.method`, `rpc.grpc.status_code`).
 //!
-//! Spans are only made when traces are exported: without an exporter these return [`tracing::Span::none`],
-//! which costs nothing.
+//! Spans are only made when traces are exported: without an exporter these return no span
+//! ([`tracing::Span::none`], an empty [`ClientSpan`]), which costs nothing.
 
+use opentelemetry::trace::{Span as _, SpanContext, SpanKind, TraceContextExt as _, Tracer as _};
+use opentelemetry::{Context, KeyValue};
 use tonic::Code;
 use tracing::field::Empty;
 
@@ -16,27 +18,65 @@ pub fn split_path(path: &str) -> (&str, &str) {
     path.split_once('/').unwrap_or((path, ""))
 }
 
-/// The client span of one attempt of an upstream call: `path` is `/package.Service/Method`, `endpoint` the
-/// address picked for this attempt. Record the outcome with [`record_code`].
-pub fn client_span(cluster: &str, path: &str, endpoint: &http::Uri, attempt: u32) -> tracing::Span {
-    if !traces::enabled() {
-        return tracing::Span::none();
+/// The client span of one attempt of an upstream call: `rpc` is `package.Service/Method`, `endpoint` the
+/// address picked for this attempt, `parent` the request's server span. Finish it with [`ClientSpan::finish`].
+///
+/// Made with OpenTelemetry's API directly, not as a `tracing` span through the bridge: nothing is logged inside
+/// an attempt, so the bridge's bookkeeping (a registry slot, field visitors, a span builder turned into a span,
+/// a context looked up for `traceparent`) would buy nothing, and it was a third of what tracing cost the
+/// gateway per request.
+pub fn client_span(
+    parent: Option<&SpanContext>,
+    cluster: &str,
+    rpc: &str,
+    endpoint: &http::Uri,
+    attempt: u32,
+) -> ClientSpan {
+    let Some(tracer) = traces::tracer() else { return ClientSpan(None) };
+    let (service, method) = split_path(rpc);
+    let mut attributes = Vec::with_capacity(8);
+    attributes.extend([
+        KeyValue::new("rpc.system", "grpc"),
+        KeyValue::new("rpc.service", service.to_owned()),
+        KeyValue::new("rpc.method", method.to_owned()),
+        KeyValue::new("server.address", endpoint.host().unwrap_or_default().to_owned()),
+    ]);
+    if let Some(port) = endpoint.port_u16() {
+        attributes.push(KeyValue::new("server.port", i64::from(port)));
     }
-    let (service, method) = split_path(path);
-    tracing::info_span!(
-        "grpc.client",
-        otel.name = path.trim_start_matches('/'),
-        otel.kind = "client",
-        otel.status_code = Empty,
-        rpc.system = "grpc",
-        rpc.service = service,
-        rpc.method = method,
-        rpc.grpc.status_code = Empty,
-        server.address = endpoint.host().unwrap_or_default(),
-        server.port = endpoint.port_u16().map(i64::from),
-        portico.cluster = cluster,
-        portico.attempt = attempt,
-    )
+    attributes.extend([
+        KeyValue::new("portico.cluster", cluster.to_owned()),
+        KeyValue::new("portico.attempt", i64::from(attempt)),
+    ]);
+    let parent = parent.map_or_else(Context::new, |parent| Context::new().with_remote_span_context(parent.clone()));
+    let span = tracer
+        .span_builder(rpc.to_owned())
+        .with_kind(SpanKind::Client)
+        .with_attributes(attributes)
+        .start_with_context(tracer, &parent);
+    ClientSpan(Some(span))
+}
+
+/// An upstream attempt's span (see [`client_span`]); none while traces are not exported.
+pub struct ClientSpan(Option<opentelemetry_sdk::trace::Span>);
+
+impl ClientSpan {
+    /// The span's context, for the upstream's `traceparent`.
+    pub fn span_context(&self) -> Option<&SpanContext> {
+        self.0.as_ref().map(opentelemetry::trace::Span::span_context)
+    }
+
+    /// Records the attempt's gRPC status and ends the span; any code but OK marks a client span as an error.
+    pub fn finish(self, code: Code) {
+        let Some(mut span) = self.0 else { return };
+        if span.is_recording() {
+            span.set_attribute(KeyValue::new("rpc.grpc.status_code", code as i64));
+            if code != Code::Ok {
+                span.set_status(opentelemetry::trace::Status::error(""));
+            }
+        }
+        span.end();
+    }
 }
 
 /// The server span of a UserService call, continuing the caller's trace context from the request's

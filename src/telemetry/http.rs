@@ -80,7 +80,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
         let started = Instant::now();
         let method = method_label(request.method());
         let matched: Option<Arc<str>> = request.extensions().get::<MatchedPath>().map(|path| Arc::from(path.as_str()));
@@ -89,6 +89,9 @@ where
         } else {
             (tracing::Span::none(), None)
         };
+        if let Some(span_context) = &span_context {
+            request.extensions_mut().insert(traces::ServerSpanContext(span_context.clone()));
+        }
         // What the request line needs from the request: a reference count on the path, a copy of the id.
         let logged = access_log::enabled()
             .then(|| (request.uri().clone(), request.headers().get(REQUEST_ID).cloned(), request.method().clone()));

@@ -230,12 +230,19 @@ fn bytes(out: &mut Vec<u8>, field: u32, value: &[u8]) {
     }
 }
 
-/// A nested message written by `body`, then its length moved in front of it.
+/// A nested message written by `body`, with its length in front. Most messages (an attribute, a value) are
+/// shorter than 128 bytes, whose length is one byte: that byte is reserved before the body is written and
+/// filled in after, so only a longer message's body moves to make room for its length.
 fn message(out: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
     tag(out, field, LENGTH_DELIMITED);
-    let start = out.len();
+    let at = out.len();
+    out.push(0);
     body(out);
-    let mut length = (out.len() - start) as u64;
+    let mut length = (out.len() - at - 1) as u64;
+    if length < 0x80 {
+        out[at] = length as u8;
+        return;
+    }
     let mut prefix = [0u8; 10];
     let mut used = 0;
     loop {
@@ -247,8 +254,7 @@ fn message(out: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
             break;
         }
     }
-    out.extend_from_slice(&prefix[..used]);
-    out[start..].rotate_right(used);
+    out.splice(at..=at, prefix[..used].iter().copied());
 }
 
 // --- OTLP messages ----------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{LazyLock, OnceLock};
 use std::time::{Duration, Instant};
 
 use opentelemetry::trace::{
@@ -15,8 +16,10 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter, SpanProcessor,
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter,
+    SpanProcessor,
 };
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Layer as _;
 
@@ -120,8 +123,12 @@ where
     // Log lines become span events only from warnings up: the routine line of every call (the UserService's
     // "grpc call") says nothing the span's own attributes do not, and would be encoded and exported again
     // with every span; a warning or an error inside a request is what a trace should show.
+    let tracer = provider.tracer("portico");
+    // The first provider's tracer serves the spans made without the bridge (see `tracer`); a process builds
+    // one provider.
+    let _ = TRACER.set(tracer.clone());
     tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer("portico"))
+        .with_tracer(tracer)
         .with_location(false)
         .with_threads(false)
         .with_target(false)
@@ -133,6 +140,19 @@ where
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
+static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+
+/// The tracer for spans made with OpenTelemetry's API directly rather than as `tracing` spans through the
+/// bridge: spans nothing is logged inside, whose parent is passed explicitly (the gateway's upstream
+/// attempts). None while traces are not exported.
+pub fn tracer() -> Option<&'static SdkTracer> {
+    TRACER.get().filter(|_| enabled())
+}
+
+/// The context of a request's server span, in the request's extensions, so the spans of the calls it makes
+/// can name it as their parent without looking it up through `tracing`.
+#[derive(Debug, Clone)]
+pub struct ServerSpanContext(pub SpanContext);
 
 /// Whether spans are exported: only then is trace context read, written and reported.
 pub fn enabled() -> bool {
@@ -318,31 +338,34 @@ pub fn traceresponse(span_context: &SpanContext) -> http::HeaderValue {
     http::HeaderValue::from_bytes(&traceparent(span_context)).unwrap_or_else(|_| http::HeaderValue::from_static(""))
 }
 
-/// Writes `span`'s context as `traceparent` (and `tracestate`, when there is one) into outgoing gRPC
-/// metadata, replacing what the client sent: the upstream's parent is this span. Leaves the metadata alone
-/// when tracing is off. `traceparent` differs on every call, so it is sent never-indexed, like `x-request-id`
+/// Writes `span_context` as `traceparent` (and `tracestate`, when there is one) into outgoing gRPC
+/// metadata, replacing what the client sent: the upstream's parent is this span. An invalid context (no
+/// span: tracing is off) leaves the metadata alone. `traceparent` differs on every call, so it is sent never-indexed, like `x-request-id`
 /// (see `gateway/metadata.rs`).
-pub fn inject(span: &tracing::Span, metadata: &mut tonic::metadata::MetadataMap) {
-    if !enabled() || span.is_disabled() {
-        return;
-    }
-    let context = span.context();
-    let otel_span = context.span();
-    let span_context = otel_span.span_context();
+pub fn inject(span_context: &SpanContext, metadata: &mut tonic::metadata::MetadataMap) {
     if !span_context.is_valid() {
         return;
     }
-    if let Ok(mut traceparent) = tonic::metadata::AsciiMetadataValue::try_from(&traceparent(span_context)[..]) {
+    static TRACEPARENT: LazyLock<AsciiMetadataKey> = LazyLock::new(|| AsciiMetadataKey::from_static("traceparent"));
+    static TRACESTATE: LazyLock<AsciiMetadataKey> = LazyLock::new(|| AsciiMetadataKey::from_static("tracestate"));
+    if let Ok(mut traceparent) = AsciiMetadataValue::try_from(&traceparent(span_context)[..]) {
         traceparent.set_sensitive(true);
-        metadata.insert("traceparent", traceparent);
+        metadata.insert(TRACEPARENT.clone(), traceparent);
     }
-    let state = span_context.trace_state().header();
-    match tonic::metadata::AsciiMetadataValue::try_from(state.as_str()) {
-        Ok(value) if !state.is_empty() => {
-            metadata.insert("tracestate", value);
+    // Most traces carry no state: nothing to write, and a client's own `tracestate` (forwarded with its
+    // `traceparent`) must not travel on with ours.
+    let state = span_context.trace_state();
+    let value = if *state == TraceState::NONE {
+        None
+    } else {
+        AsciiMetadataValue::try_from(state.header().as_str()).ok().filter(|value| !value.is_empty())
+    };
+    match value {
+        Some(value) => {
+            metadata.insert(TRACESTATE.clone(), value);
         }
-        _ => {
-            metadata.remove("tracestate");
+        None => {
+            metadata.remove(&*TRACESTATE);
         }
     }
 }

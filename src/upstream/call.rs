@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
+use opentelemetry::trace::SpanContext;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::client::Grpc;
@@ -64,6 +65,8 @@ pub struct CallOptions {
     /// nothing about the endpoint: a client sending `Grpc-Timeout: 5u` must not be able to eject a healthy
     /// upstream through its circuit breaker.
     pub client_deadline: bool,
+    /// The request's server span, the parent of each attempt's client span; None when traces are not exported.
+    pub trace_parent: Option<SpanContext>,
 }
 
 impl CallOptions {
@@ -201,12 +204,13 @@ where
         if time_left.is_some_and(|left| left.is_zero()) {
             return Err(timed_out());
         }
-        let observed = ObservedAttempt::start(upstream.cluster(), rpc, &lease, attempts);
+        let observed = ObservedAttempt::start(upstream.cluster(), rpc, &lease, attempts, options.trace_parent.as_ref());
         let mut metadata = options.metadata.clone();
-        crate::telemetry::traces::inject(&observed.span, &mut metadata);
-        // The client span is not entered: it is timed from its creation to `finish`, it is the upstream's
-        // parent through `traceparent`, and nothing inside the attempt logs or makes spans of its own, so
-        // entering and leaving it on every poll would cost a trip through every tracing layer for nothing.
+        if let Some(span_context) = observed.span.span_context() {
+            crate::telemetry::traces::inject(span_context, &mut metadata);
+        }
+        // The client span is timed from its creation to `finish`, and it is the upstream's parent through
+        // `traceparent`; nothing inside the attempt logs or makes spans of its own.
         let outcome = run_attempt(&lease, time_left, metadata, &mut attempt).await;
         observed.finish(&outcome);
         let status = match outcome {
@@ -305,15 +309,15 @@ pub async fn ready_client(channel: Channel) -> Result<Grpc<Channel>, Status> {
 /// One attempt as telemetry sees it: its client span (the parent of the upstream's server span) and its
 /// duration by cluster, endpoint, RPC and code.
 struct ObservedAttempt {
-    span: tracing::Span,
+    span: crate::telemetry::grpc::ClientSpan,
     labels: AttemptLabels,
     started: std::time::Instant,
 }
 
 impl ObservedAttempt {
-    fn start(cluster: &Arc<str>, rpc: &Arc<str>, lease: &Lease, attempt: u32) -> Self {
+    fn start(cluster: &Arc<str>, rpc: &Arc<str>, lease: &Lease, attempt: u32, parent: Option<&SpanContext>) -> Self {
         Self {
-            span: crate::telemetry::grpc::client_span(cluster, rpc, lease.address(), attempt),
+            span: crate::telemetry::grpc::client_span(parent, cluster, rpc, lease.address(), attempt),
             labels: AttemptLabels {
                 cluster: Arc::clone(cluster),
                 endpoint: Arc::clone(lease.endpoint().label()),
@@ -330,7 +334,7 @@ impl ObservedAttempt {
             Err(AttemptError::TimedOut) => Code::DeadlineExceeded,
             Err(AttemptError::Status(status)) => status.code(),
         };
-        crate::telemetry::grpc::record_code(&self.span, code, false);
+        self.span.finish(code);
         self.labels.code = crate::user_service::code_name(code);
         crate::telemetry::metrics::upstream()
             .attempt_duration
@@ -526,6 +530,7 @@ mod tests {
             timeout,
             started: Instant::now(),
             client_deadline: false,
+            trace_parent: None,
         }
     }
 
