@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod civil_date;
 pub mod config;
+pub mod digits;
 pub mod gateway;
 pub mod proto;
 pub mod settings;

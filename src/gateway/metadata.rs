@@ -66,13 +66,23 @@ pub fn request_metadata(headers: &HeaderMap, peer: Option<SocketAddr>) -> Result
             from_prefix.push((stripped, value));
         }
     }
-    let forwarded_for = match (headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()), peer) {
-        (Some(previous), Some(peer)) => Some(format!("{previous}, {}", peer.ip())),
-        (None, Some(peer)) => Some(peer.ip().to_string()),
-        (Some(previous), None) => Some(previous.to_string()),
+    let previous = headers.get("x-forwarded-for").filter(|v| v.to_str().is_ok());
+    let forwarded_for = match (previous, peer) {
+        (Some(previous), Some(peer)) => {
+            let mut value = previous.as_bytes().to_vec();
+            value.extend_from_slice(b", ");
+            crate::digits::ip(&mut value, peer.ip());
+            HeaderValue::from_bytes(&value).ok()
+        }
+        (None, Some(peer)) => {
+            let mut value = Vec::with_capacity(15);
+            crate::digits::ip(&mut value, peer.ip());
+            HeaderValue::from_bytes(&value).ok()
+        }
+        (Some(previous), None) => Some(previous.clone()),
         (None, None) => None,
     };
-    if let Some(value) = forwarded_for.and_then(|v| HeaderValue::try_from(v).ok()) {
+    if let Some(value) = forwarded_for {
         forwarded.insert(X_FORWARDED_FOR, value);
     }
     if let Some(host) = headers.get(http::header::HOST).filter(|v| v.to_str().is_ok()) {

@@ -16,6 +16,7 @@ use prost_reflect::{DynamicMessage, Kind, MapKey, ReflectMessage, Value};
 use serde::Serializer as _;
 
 use super::SERIALIZE;
+use crate::digits::decimal;
 
 /// Writes `message` as proto3 JSON; fails where prost-reflect fails (a malformed well-known type).
 pub fn write_message(out: &mut Vec<u8>, message: &DynamicMessage) -> Result<(), serde_json::Error> {
@@ -190,13 +191,18 @@ fn timestamp(out: &mut Vec<u8>, message: &DynamicMessage) -> bool {
     }
     let (year, month, day) = crate::civil_date::from_days(seconds.div_euclid(86_400));
     let time_of_day = seconds.rem_euclid(86_400);
-    let _ = write!(
-        out,
-        "\"{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-        time_of_day / 3600,
-        time_of_day / 60 % 60,
-        time_of_day % 60
-    );
+    // Digit by digit (`digits.rs`): `write!` with padding cost more than the rest of a timestamp.
+    out.push(b'"');
+    for (index, (number, width)) in
+        [(year, 4), (month, 2), (day, 2), (time_of_day / 3600, 2), (time_of_day / 60 % 60, 2), (time_of_day % 60, 2)]
+            .into_iter()
+            .enumerate()
+    {
+        if index > 0 {
+            out.push(b"--T::"[index - 1]);
+        }
+        decimal(out, u64::try_from(number).unwrap_or_default(), width);
+    }
     fraction(out, nanos.unsigned_abs());
     out.extend_from_slice(b"Z\"");
     true
@@ -211,7 +217,9 @@ fn duration(out: &mut Vec<u8>, message: &DynamicMessage) -> bool {
         return false;
     }
     let sign = if seconds < 0 || nanos < 0 { "-" } else { "" };
-    let _ = write!(out, "\"{sign}{}", seconds.unsigned_abs());
+    out.push(b'"');
+    out.extend_from_slice(sign.as_bytes());
+    decimal(out, seconds.unsigned_abs(), 1);
     fraction(out, nanos.unsigned_abs());
     out.extend_from_slice(b"s\"");
     true
@@ -219,12 +227,14 @@ fn duration(out: &mut Vec<u8>, message: &DynamicMessage) -> bool {
 
 /// The fractional seconds of `nanos` with as few of 0, 3, 6 or 9 digits as hold it exactly.
 fn fraction(out: &mut Vec<u8>, nanos: u32) {
-    let _ = match nanos {
-        0 => Ok(()),
-        _ if nanos.is_multiple_of(1_000_000) => write!(out, ".{:03}", nanos / 1_000_000),
-        _ if nanos.is_multiple_of(1_000) => write!(out, ".{:06}", nanos / 1_000),
-        _ => write!(out, ".{nanos:09}"),
+    let (value, width) = match nanos {
+        0 => return,
+        _ if nanos.is_multiple_of(1_000_000) => (nanos / 1_000_000, 3),
+        _ if nanos.is_multiple_of(1_000) => (nanos / 1_000, 6),
+        _ => (nanos, 9),
     };
+    out.push(b'.');
+    decimal(out, u64::from(value), width);
 }
 
 #[cfg(test)]
