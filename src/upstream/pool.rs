@@ -5,8 +5,9 @@
 //! own at both ends, while calls that share a connection go out together: HTTP/2 writes whatever frames are
 //! ready in one go. So a call takes the first connection with fewer than [`SPILL_AT`] calls outstanding, and
 //! only when all are that busy the least busy one: a light load shares one connection (like gRPC's own
-//! clients, which use one per address), a heavy one spreads over all. Connections are opened lazily, on first
-//! use, and re-opened by tonic when they fail.
+//! clients, which use one per address), a heavy one spreads over all. Each slot holds two connections, both
+//! opened lazily, on first use, and re-opened when they fail: the one unary calls to a plain-text endpoint drive
+//! themselves (`direct.rs`), and tonic's channel for streams and TLS endpoints.
 //!
 //! The connections come in lanes: one per gateway worker thread (`gateway/workers.rs`), so that a worker's
 //! calls go over connections that its own thread drives, and one more shared by calls made on any other
