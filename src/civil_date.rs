@@ -1,6 +1,6 @@
 //! Calendar dates from day counts, for the timestamps Portico prints itself (log lines, proto3 JSON): both need
-//! `YYYY-MM-DD` for a count of days since the Unix epoch, and a calendar library for one function is not worth
-//! its weight.
+//! `YYYY-MM-DDTHH:MM:SS` for a count of seconds since the Unix epoch, and a calendar library for one function is
+//! not worth its weight.
 
 /// The proleptic Gregorian `(year, month, day)` of a day count since 1970-01-01, negative before it
 /// (Howard Hinnant's `civil_from_days`).
@@ -17,9 +17,36 @@ pub fn from_days(days: i64) -> (i64, i64, i64) {
     (era * 400 + year_of_era + i64::from(month <= 2), month, day)
 }
 
+/// `YYYY-MM-DDTHH:MM:SS` (RFC 3339 without fraction or offset) for `seconds` since the Unix epoch, written
+/// digit by digit; years outside 0..=9999 are the caller's to refuse.
+pub fn write_date_time(out: &mut Vec<u8>, seconds: i64) {
+    let (year, month, day) = from_days(seconds.div_euclid(86_400));
+    let time_of_day = seconds.rem_euclid(86_400);
+    let number = |value: i64| u64::try_from(value).unwrap_or_default();
+    crate::digits::decimal(out, number(year), 4);
+    out.push(b'-');
+    crate::digits::decimal(out, number(month), 2);
+    out.push(b'-');
+    crate::digits::decimal(out, number(day), 2);
+    out.push(b'T');
+    crate::digits::decimal(out, number(time_of_day / 3600), 2);
+    out.push(b':');
+    crate::digits::decimal(out, number(time_of_day / 60 % 60), 2);
+    out.push(b':');
+    crate::digits::decimal(out, number(time_of_day % 60), 2);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn date_times_are_zero_padded() {
+        let mut out = Vec::new();
+        write_date_time(&mut out, 1_796_034_796);
+        write_date_time(&mut out, -62_135_596_800);
+        assert_eq!(String::from_utf8_lossy(&out), "2026-11-30T10:33:160001-01-01T00:00:00");
+    }
 
     #[test]
     fn known_days() {

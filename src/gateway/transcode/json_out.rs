@@ -189,20 +189,8 @@ fn timestamp(out: &mut Vec<u8>, message: &DynamicMessage) -> bool {
     if !RANGE.contains(&seconds) || !(0..1_000_000_000).contains(&nanos) {
         return false;
     }
-    let (year, month, day) = crate::civil_date::from_days(seconds.div_euclid(86_400));
-    let time_of_day = seconds.rem_euclid(86_400);
-    // Digit by digit (`digits.rs`): `write!` with padding cost more than the rest of a timestamp.
     out.push(b'"');
-    for (index, (number, width)) in
-        [(year, 4), (month, 2), (day, 2), (time_of_day / 3600, 2), (time_of_day / 60 % 60, 2), (time_of_day % 60, 2)]
-            .into_iter()
-            .enumerate()
-    {
-        if index > 0 {
-            out.push(b"--T::"[index - 1]);
-        }
-        decimal(out, u64::try_from(number).unwrap_or_default(), width);
-    }
+    crate::civil_date::write_date_time(out, seconds);
     fraction(out, nanos.unsigned_abs());
     out.extend_from_slice(b"Z\"");
     true
