@@ -2,14 +2,14 @@
 //! per call, named and attributed after the OpenTelemetry RPC conventions (`rpc.system`, `rpc.service`,
 //! `rpc.method`, `rpc.grpc.status_code`).
 //!
-//! Spans are only made when traces are exported: without an exporter these return no span
-//! ([`tracing::Span::none`], an empty [`ClientSpan`]), which costs nothing.
+//! Spans are only made when traces are exported (see `spans.rs`): without an exporter these return no span,
+//! which costs nothing.
 
-use opentelemetry::trace::{Span as _, SpanContext, SpanKind, TraceContextExt as _, Tracer as _};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{Span as _, SpanContext, SpanKind};
 use tonic::Code;
-use tracing::field::Empty;
 
+use crate::telemetry::spans::{self, RequestSpan};
 use crate::telemetry::traces;
 
 /// `package.Service` and `Method` of a gRPC path `/package.Service/Method`.
@@ -21,10 +21,7 @@ pub fn split_path(path: &str) -> (&str, &str) {
 /// The client span of one attempt of an upstream call: `rpc` is `package.Service/Method`, `endpoint` the
 /// address picked for this attempt, `parent` the request's server span. Finish it with [`ClientSpan::finish`].
 ///
-/// Made with OpenTelemetry's API directly, not as a `tracing` span through the bridge: nothing is logged inside
-/// an attempt, so the bridge's bookkeeping (a registry slot, field visitors, a span builder turned into a span,
-/// a context looked up for `traceparent`) would buy nothing, and it was a third of what tracing cost the
-/// gateway per request.
+/// Nothing is logged inside an attempt, so unlike a request span it is not shared: the attempt owns it.
 pub fn client_span(
     parent: Option<&SpanContext>,
     cluster: &str,
@@ -32,7 +29,9 @@ pub fn client_span(
     endpoint: &http::Uri,
     attempt: u32,
 ) -> ClientSpan {
-    let Some(tracer) = traces::tracer() else { return ClientSpan(None) };
+    if !traces::enabled() {
+        return ClientSpan(None);
+    }
     let (service, method) = split_path(rpc);
     let mut attributes = Vec::with_capacity(8);
     attributes.extend([
@@ -48,13 +47,7 @@ pub fn client_span(
         KeyValue::new("portico.cluster", cluster.to_owned()),
         KeyValue::new("portico.attempt", i64::from(attempt)),
     ]);
-    let parent = parent.map_or_else(Context::new, |parent| Context::new().with_remote_span_context(parent.clone()));
-    let span = tracer
-        .span_builder(rpc.to_owned())
-        .with_kind(SpanKind::Client)
-        .with_attributes(attributes)
-        .start_with_context(tracer, &parent);
-    ClientSpan(Some(span))
+    ClientSpan(spans::start(rpc.to_owned(), SpanKind::Client, attributes, parent))
 }
 
 /// An upstream attempt's span (see [`client_span`]); none while traces are not exported.
@@ -80,48 +73,34 @@ impl ClientSpan {
 }
 
 /// The server span of a UserService call, continuing the caller's trace context from the request's
-/// metadata (`traceparent`).
-pub fn server_span(path: &str, headers: &http::HeaderMap) -> tracing::Span {
+/// metadata (`traceparent`); `None` while traces are not exported.
+pub fn server_span(path: &str, headers: &http::HeaderMap) -> Option<RequestSpan> {
     if !traces::enabled() {
-        return tracing::Span::none();
+        return None;
     }
     let (service, method) = split_path(path);
-    let span = tracing::info_span!(
-        "grpc.server",
-        otel.name = path.trim_start_matches('/'),
-        otel.kind = "server",
-        otel.status_code = Empty,
-        rpc.system = "grpc",
-        rpc.service = service,
-        rpc.method = method,
-        rpc.grpc.status_code = Empty,
-    );
-    traces::set_parent(&span, headers);
-    span
+    let attributes = vec![
+        KeyValue::new("rpc.system", "grpc"),
+        KeyValue::new("rpc.service", service.to_owned()),
+        KeyValue::new("rpc.method", method.to_owned()),
+    ];
+    RequestSpan::start(path.trim_start_matches('/').to_owned(), attributes, traces::remote_parent(headers).as_ref())
 }
 
-/// Records a call's or an attempt's gRPC status on its span; codes that mean the server failed mark the
-/// span as an error (per the RPC conventions, a client's mistake like NOT_FOUND does not, on the server).
-pub fn record_code(span: &tracing::Span, code: Code, server: bool) {
-    if span.is_disabled() {
-        return;
-    }
-    span.record("rpc.grpc.status_code", code as i64);
-    let error = if server {
-        matches!(
-            code,
-            Code::Unknown
-                | Code::DeadlineExceeded
-                | Code::Unimplemented
-                | Code::Internal
-                | Code::Unavailable
-                | Code::DataLoss
-        )
-    } else {
-        code != Code::Ok
-    };
-    if error {
-        span.record("otel.status_code", "error");
+/// Records a call's gRPC status on its server span; codes that mean the server failed mark the span as an
+/// error (per the RPC conventions, a client's mistake like NOT_FOUND does not, on the server).
+pub fn record_server_code(span: &RequestSpan, code: Code) {
+    span.set_attribute(KeyValue::new("rpc.grpc.status_code", code as i64));
+    if matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    ) {
+        span.set_error();
     }
 }
 

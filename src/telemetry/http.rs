@@ -16,14 +16,13 @@ use axum::extract::MatchedPath;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, header};
 use http_body::{Body as _, Frame, SizeHint};
-use opentelemetry::trace::SpanContext;
+use opentelemetry::KeyValue;
 use prometheus_client::metrics::gauge::Gauge;
 use tower::{Layer, Service};
-use tracing::field::Empty;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::gateway::handler::RoutedRpc;
 use crate::telemetry::metrics::{self, RequestLabels, RouteLabels};
+use crate::telemetry::spans::RequestSpan;
 use crate::telemetry::{access_log, traces};
 
 /// The request id header, set (or kept from the client) by the layer in front of this one.
@@ -84,13 +83,9 @@ where
         let started = Instant::now();
         let method = method_label(request.method());
         let matched: Option<Arc<str>> = request.extensions().get::<MatchedPath>().map(|path| Arc::from(path.as_str()));
-        let (span, span_context) = if traces::enabled() {
-            self.server_span(&request, &method, matched.as_ref())
-        } else {
-            (tracing::Span::none(), None)
-        };
-        if let Some(span_context) = &span_context {
-            request.extensions_mut().insert(traces::ServerSpanContext(span_context.clone()));
+        let span = if traces::enabled() { self.server_span(&request, method.clone(), matched.as_ref()) } else { None };
+        if let Some(span) = &span {
+            request.extensions_mut().insert(traces::ServerSpanContext(span.span_context().clone()));
         }
         // What the request line needs from the request: a reference count on the path, a copy of the id.
         let logged = access_log::enabled()
@@ -103,18 +98,17 @@ where
             Some(count) => request.map(|body| Body::new(CountedRequestBody { inner: body, count: Arc::clone(count) })),
             None => request,
         };
-        let response = {
-            let _entered = span.enter();
-            self.inner.call(request)
+        let response = match &span {
+            Some(span) => span.sync_scope(|| self.inner.call(request)),
+            None => self.inner.call(request),
         };
         Box::pin(async move {
-            let response = if span.is_disabled() {
-                response.await?
-            } else {
-                tracing::Instrument::instrument(response, span.clone()).await?
+            let response = match &span {
+                Some(span) => span.clone().scope(response).await?,
+                None => response.await?,
             };
             let status = response.status();
-            let trace_id = span_context.as_ref().map(traces::TraceIdHex::new);
+            let trace_id = span.as_ref().map(|span| traces::TraceIdHex::new(span.span_context()));
             let routed = response.extensions().get::<RoutedRpc>().cloned();
             if let Some((uri, request_id, request_method)) = &logged {
                 access_log::write(&access_log::RequestLine {
@@ -132,15 +126,13 @@ where
                 (None, Some(path)) => path,
                 (None, None) => Arc::clone(&UNMATCHED),
             };
-            if !span.is_disabled() {
-                span.record("http.response.status_code", i64::from(status.as_u16()));
-                if status.is_server_error() {
-                    span.record("otel.status_code", "error");
-                }
-            }
             let (mut parts, body) = response.into_parts();
-            if let Some(span_context) = &span_context {
-                parts.headers.insert("traceresponse", traces::traceresponse(span_context));
+            if let Some(span) = &span {
+                span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status.as_u16())));
+                if status.is_server_error() {
+                    span.set_error();
+                }
+                parts.headers.insert("traceresponse", traces::traceresponse(span.span_context()));
             }
             let route_labels = RouteLabels { method: method.clone(), route: route.clone() };
             let stream = is_stream(&parts.headers).then(|| {
@@ -164,34 +156,28 @@ where
 }
 
 impl<S> HttpTelemetry<S> {
-    /// The request's server span, continuing the client's trace, and its context; only made when traces are
-    /// exported (the request line is not a span event, see `access_log.rs`). Its attributes are its fields,
-    /// which the log layer does not see (see `logs.rs`).
+    /// The request's server span, continuing the client's trace; only made when traces are exported (the
+    /// request line is not a span event, see `access_log.rs`).
     fn server_span(
         &self,
         request: &Request<Body>,
-        method: &str,
+        method: Cow<'static, str>,
         matched: Option<&Arc<str>>,
-    ) -> (tracing::Span, Option<SpanContext>) {
+    ) -> Option<RequestSpan> {
         let route: Option<Arc<str>> =
             matched.cloned().or_else(|| (self.route_hint)(request.method(), request.uri().path()));
-        let name = match &route {
-            Some(route) => format!("{method} {route}"),
-            None => method.to_string(),
+        let name: Cow<'static, str> = match &route {
+            Some(route) => Cow::Owned(format!("{method} {route}")),
+            None => method.clone(),
         };
-        let span = tracing::info_span!(
-            "http",
-            otel.name = name,
-            otel.kind = "server",
-            otel.status_code = Empty,
-            http.request.method = method,
-            http.route = route.as_deref(),
-            http.response.status_code = Empty,
-            url.path = request.uri().path(),
-            url.scheme = "http",
-        );
-        let span_context = traces::continue_trace(&span, request.headers());
-        (span, span_context)
+        let mut attributes = Vec::with_capacity(5);
+        attributes.push(KeyValue::new("http.request.method", method));
+        if let Some(route) = &route {
+            attributes.push(KeyValue::new("http.route", Arc::clone(route)));
+        }
+        attributes.push(KeyValue::new("url.path", request.uri().path().to_owned()));
+        attributes.push(KeyValue::new("url.scheme", "http"));
+        RequestSpan::start(name, attributes, traces::remote_parent(request.headers()).as_ref())
     }
 }
 
@@ -253,14 +239,15 @@ impl http_body::Body for CountedRequestBody {
     }
 }
 
-/// What is recorded when the response body is done with (ended, or dropped because the client left).
+/// What is recorded when the response body is done with (ended, or dropped because the client left): the
+/// metrics, and the end of the span.
 struct Finished {
     started: Instant,
     labels: RequestLabels,
     route_labels: RouteLabels,
     request_bytes: Option<Arc<ByteCount>>,
     response_bytes: u64,
-    span: tracing::Span,
+    span: Option<RequestSpan>,
     /// Held while a server stream is open: the open-streams gauge.
     stream: Option<InFlight>,
     _in_flight: InFlight,
@@ -274,6 +261,9 @@ impl Drop for Finished {
         if let Some(count) = &self.request_bytes {
             let read = count.0.load(std::sync::atomic::Ordering::Relaxed);
             gateway.request_bytes.get_or_create(&self.route_labels).inc_by(read);
+        }
+        if let Some(span) = &self.span {
+            span.end();
         }
     }
 }
@@ -298,8 +288,11 @@ impl<B: http_body::Body<Data = Bytes>> http_body::Body for ObservedBody<B> {
         {
             this.finished.response_bytes += data.len() as u64;
             // A stream's messages become events of its one span; SSE keep-alive comments (":") do not.
-            if this.finished.stream.is_some() && traces::enabled() && !data.starts_with(b":") {
-                this.finished.span.add_event("message", vec![opentelemetry::KeyValue::new("bytes", data.len() as i64)]);
+            if let Some(span) = &this.finished.span
+                && this.finished.stream.is_some()
+                && !data.starts_with(b":")
+            {
+                span.add_event("message", vec![KeyValue::new("bytes", data.len() as i64)]);
             }
         }
         polled

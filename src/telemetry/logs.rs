@@ -2,28 +2,19 @@
 //! logged inside a traced request ends with its `trace_id`, so it leads to the trace; the gateway's request
 //! line itself is formatted by `access_log.rs` in the same format.
 //!
-//! Portico's own telemetry spans (`portico::telemetry::*`: the HTTP and gRPC server spans, the upstream client
-//! span, the database span) are for the exporter, and the log layer does not see them: it would otherwise
-//! format every attribute of every span into a string, when the span is made and whenever a field is recorded,
-//! for text that no line shows unless something is logged inside the span (about a fifth of what a traced
-//! request cost the gateway). The trace id comes from the OpenTelemetry context instead, looked up only for a
-//! line that is written. Other crates' spans (shown with `RUST_LOG=h2=debug` and the like) still prefix lines
-//! as usual.
+//! A line's trace id comes from the request span current on its task (`spans.rs`), looked up only for a line
+//! that is written. Spans of other crates (shown with `RUST_LOG=h2=debug` and the like) prefix lines as usual.
 
 use std::fmt;
 use std::io::IsTerminal;
-use std::sync::OnceLock;
 
-use opentelemetry::trace::TraceContextExt;
-use tracing::dispatcher::WeakDispatch;
 use tracing::{Event, Subscriber};
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::telemetry::{access_log, log_sink, traces};
+use crate::telemetry::{access_log, log_sink, spans, traces};
 
 /// The log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -35,9 +26,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// The target prefix of the spans made for the exporter only.
-const TELEMETRY_SPANS: &str = "portico::telemetry";
-
 /// The formatting layer for `format`.
 pub fn layer<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
 where
@@ -46,14 +34,12 @@ where
     // Colours only for a person at a terminal; files and log shippers get plain text.
     let ansi = std::io::stderr().is_terminal();
     access_log::configure(format, ansi);
-    let not_telemetry_span =
-        filter_fn(|metadata| !(metadata.is_span() && metadata.target().starts_with(TELEMETRY_SPANS)));
     let fmt = tracing_subscriber::fmt::layer().with_writer(log_sink::MakeSinkWriter).with_ansi(ansi);
     match format {
         LogFormat::Text => {
             // The formatter's own ANSI setting, as the line may be formatted into a buffer first.
             let text = tracing_subscriber::fmt::format().with_ansi(ansi);
-            fmt.event_format(WithTraceId { inner: text, json: false }).with_filter(not_telemetry_span).boxed()
+            fmt.event_format(WithTraceId { inner: text, json: false }).boxed()
         }
         LogFormat::Json => {
             // Other crates' spans go with each event, as with text.
@@ -62,33 +48,15 @@ where
                 .flatten_event(true)
                 .with_current_span(true)
                 .with_span_list(true);
-            fmt.fmt_fields(JsonFields::new())
-                .event_format(WithTraceId { inner: json, json: true })
-                .with_filter(not_telemetry_span)
-                .boxed()
+            fmt.fmt_fields(JsonFields::new()).event_format(WithTraceId { inner: json, json: true }).boxed()
         }
     }
 }
 
-/// Remembers the subscriber, so a line being formatted can look up the trace it belongs to (from inside the
-/// subscriber, `tracing::Span::current()` would find no subscriber).
-pub(crate) fn remember_dispatch() {
-    let _ = DISPATCH.set(tracing::dispatcher::get_default(tracing::Dispatch::downgrade));
-}
-
-static DISPATCH: OnceLock<WeakDispatch> = OnceLock::new();
-
-/// The trace id of the innermost span entered on this thread, when spans are exported.
+/// The trace id of the request span current on this task, when spans are exported.
 fn current_trace_id() -> Option<traces::TraceIdHex> {
-    if !traces::enabled() {
-        return None;
-    }
-    let dispatch = DISPATCH.get()?.upgrade()?;
-    let current = dispatch.current_span();
-    let context = tracing_opentelemetry::get_otel_context(current.id()?, &dispatch)?;
-    let span = context.span();
-    let span_context = span.span_context();
-    span_context.is_valid().then(|| traces::TraceIdHex::new(span_context))
+    let span_context = spans::current_span_context()?;
+    span_context.is_valid().then(|| traces::TraceIdHex::new(&span_context))
 }
 
 /// An event formatter that adds `trace_id` to a line written inside a traced span: last in a text line,

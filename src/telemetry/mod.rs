@@ -1,5 +1,6 @@
-//! Telemetry: log lines (`logs.rs`), OpenTelemetry traces (`traces.rs`), Prometheus metrics (`metrics.rs`),
-//! and the layers that produce them at well-defined points: the gateway's HTTP server layer (`http.rs`), the
+//! Telemetry: log lines (`logs.rs`), OpenTelemetry traces (`traces.rs`: the exporter and trace context;
+//! `spans.rs`: the spans and the request span current on a task), Prometheus metrics (`metrics.rs`), and the
+//! layers that produce them at well-defined points: the gateway's HTTP server layer (`http.rs`), the
 //! UserService's gRPC server span (`grpc.rs`). The upstream call (one client span per attempt) and the store
 //! (one span per statement) use the helpers of `grpc.rs` and `store.rs`.
 
@@ -10,6 +11,7 @@ pub mod log_sink;
 mod logs;
 pub mod metrics;
 pub mod otlp;
+pub mod spans;
 pub mod store;
 pub mod traces;
 pub mod upstream;
@@ -53,7 +55,8 @@ impl Drop for Telemetry {
 }
 
 /// Installs the global subscriber: log lines filtered by `RUST_LOG` (default `info`), and, when `traces` is
-/// set, the OpenTelemetry layer behind the same filter. Calling it twice changes nothing the second time.
+/// set, the tracer and the layer that makes the warnings logged inside a request events of its span. Calling
+/// it twice changes nothing the second time.
 ///
 /// # Errors
 ///
@@ -61,11 +64,11 @@ impl Drop for Telemetry {
 pub fn init(format: LogFormat, traces: Option<&TraceConfig>) -> Result<Telemetry, TraceSetupError> {
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let provider = traces.map(traces::provider).transpose()?;
-    let otel = provider.as_ref().map(traces::layer);
-    // One filter for both: spans the log filter drops are not exported either, and the exporter's own
-    // transport (h2, hyper at debug) cannot trace itself.
-    if tracing_subscriber::registry().with(filter()).with(otel).with(logs::layer(format)).try_init().is_ok() {
-        logs::remember_dispatch();
+    if let Some(provider) = &provider {
+        traces::install(provider);
     }
+    let warnings = provider.as_ref().map(|_| spans::WarningsAsEvents);
+    // Events the log filter drops do not become span events either.
+    let _ = tracing_subscriber::registry().with(filter()).with(warnings).with(logs::layer(format)).try_init();
     Ok(Telemetry { provider })
 }

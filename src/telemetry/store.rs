@@ -7,14 +7,15 @@
 use std::sync::{Arc, Mutex, Once, PoisonError};
 use std::time::{Duration, Instant};
 
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{Span as _, SpanKind};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::gauge::ConstGauge;
-use tracing::field::Empty;
 
 use crate::proto::user::User;
 use crate::telemetry::metrics::{self, StatementLabels};
-use crate::telemetry::traces;
+use crate::telemetry::spans;
 use crate::user_service::filter::Filter;
 use crate::user_service::store::{Change, NewUser, RelayLease, SnapshotPage, Store, StoreError, UserPatch};
 
@@ -36,23 +37,15 @@ impl ObservedStore {
         operation: &'static str,
         run: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        // Only inside a traced call: the change feed's background polling would otherwise start a trace of
-        // its own every few hundred milliseconds.
-        let span = if traces::enabled() && !tracing::Span::current().is_none() {
-            tracing::info_span!(
-                "db",
-                otel.name = operation,
-                otel.kind = "client",
-                otel.status_code = Empty,
-                db.system = self.system,
-                db.operation.name = operation,
-            )
-        } else {
-            tracing::Span::none()
-        };
+        // Only inside a traced call (the child of its server span): the change feed's background polling would
+        // otherwise start a trace of its own every few hundred milliseconds.
+        let mut span = spans::current_span_context().and_then(|call| {
+            let attributes =
+                vec![KeyValue::new("db.system", self.system), KeyValue::new("db.operation.name", operation)];
+            spans::start(operation, SpanKind::Client, attributes, Some(&call))
+        });
         let started = Instant::now();
-        // Timed from creation to drop, like the gateway's client span, and not entered: a statement makes no
-        // spans of its own, and a line it logs still carries the call's trace id.
+        // A line the statement logs still carries the call's trace id: the call's span stays current.
         let result = run.await;
         // A missing user or a taken email is an answer, not a failure of the database.
         let failed = matches!(
@@ -63,8 +56,11 @@ impl ObservedStore {
                 | StoreError::Migrate(_)
                 | StoreError::Corrupt(_))
         );
-        if failed {
-            span.record("otel.status_code", "error");
+        if let Some(span) = &mut span {
+            if failed {
+                span.set_status(opentelemetry::trace::Status::error(""));
+            }
+            span.end();
         }
         let outcome = if failed { "error" } else { "ok" };
         metrics::store()

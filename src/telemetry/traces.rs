@@ -2,16 +2,14 @@
 //! and the W3C trace context in and out (HTTP headers, gRPC metadata, the `traceresponse` header).
 //!
 //! Nothing here runs unless an OTLP endpoint is configured: without one there is no exporter, no connection
-//! and no OpenTelemetry layer, so spans are plain `tracing` spans that only the log filter looks at.
+//! and no tracer, and `spans.rs` makes no spans.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{LazyLock, OnceLock};
 use std::time::{Duration, Instant};
 
-use opentelemetry::trace::{
-    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
-};
+use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -20,8 +18,6 @@ use opentelemetry_sdk::trace::{
     SpanProcessor,
 };
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::Layer as _;
 
 use crate::telemetry::metrics;
 use crate::telemetry::otlp::OtlpExporter;
@@ -108,43 +104,18 @@ pub fn provider(config: &TraceConfig) -> Result<SdkTracerProvider, TraceSetupErr
         .build())
 }
 
-/// The `tracing` layer that turns spans into OpenTelemetry spans for `provider`.
-pub fn layer<S>(provider: &SdkTracerProvider) -> impl tracing_subscriber::Layer<S>
-where
-    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
-{
-    ENABLED.store(true, Ordering::Relaxed);
-    // Only what the semantic conventions ask for goes on a span. The bridge's extras (source file, module and
-    // line; thread id and name; target; busy and idle time, which read the clock on every poll) cost
-    // allocations and encoding on every span, and the thread a span started on says nothing on a work-stealing
-    // runtime. Nothing here reads OpenTelemetry's "current context" (the context travels explicitly, see
-    // `inject`), so entering a span need not activate it.
-    //
-    // Log lines become span events only from warnings up: the routine line of every call (the UserService's
-    // "grpc call") says nothing the span's own attributes do not, and would be encoded and exported again
-    // with every span; a warning or an error inside a request is what a trace should show.
-    let tracer = provider.tracer("portico");
-    // The first provider's tracer serves the spans made without the bridge (see `tracer`); a process builds
-    // one provider.
-    let _ = TRACER.set(tracer.clone());
-    tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_location(false)
-        .with_threads(false)
-        .with_target(false)
-        .with_tracked_inactivity(false)
-        .with_context_activation(false)
-        .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
-            !metadata.is_event() || *metadata.level() <= tracing::Level::WARN
-        }))
+/// Makes `provider`'s tracer the one every span of the process is made with (see `spans.rs`), and turns trace
+/// context handling on. A process builds one provider; a second call changes nothing.
+pub fn install(provider: &SdkTracerProvider) {
+    if TRACER.set(provider.tracer("portico")).is_ok() {
+        ENABLED.store(true, Ordering::Relaxed);
+    }
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 
-/// The tracer for spans made with OpenTelemetry's API directly rather than as `tracing` spans through the
-/// bridge: spans nothing is logged inside, whose parent is passed explicitly (the gateway's upstream
-/// attempts). None while traces are not exported.
+/// The tracer every span is made with (see `spans.rs`); `None` while traces are not exported.
 pub fn tracer() -> Option<&'static SdkTracer> {
     TRACER.get().filter(|_| enabled())
 }
@@ -253,35 +224,21 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
     }
 }
 
-/// Makes `span` continue the W3C trace context in `headers` (a `traceparent` from an HTTP client or in gRPC
-/// metadata), if there is one, and returns the span's own context (for its trace id in the logs and the
-/// `traceresponse` header). Does nothing and returns `None` when tracing is off.
-pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) -> Option<SpanContext> {
-    if !enabled() || span.is_disabled() {
+/// The W3C trace context in `headers` (a `traceparent` from an HTTP client or in gRPC metadata, with its
+/// `tracestate`), as the remote parent of a server span; `None` when there is none or it does not parse, or
+/// while traces are not exported.
+pub fn remote_parent(headers: &http::HeaderMap) -> Option<SpanContext> {
+    if !enabled() {
         return None;
     }
-    set_parent(span, headers);
-    let context = span.context();
-    let span_context = context.span().span_context().clone();
-    span_context.is_valid().then_some(span_context)
-}
-
-/// Makes `span` continue the W3C trace context in `headers`, if there is one (a server span that needs no
-/// trace id of its own: its lines find it when they are written).
-pub fn set_parent(span: &tracing::Span, headers: &http::HeaderMap) {
-    if !enabled() || span.is_disabled() {
-        return;
-    }
-    let Some(traceparent) = headers.get("traceparent") else { return };
-    let Some((trace_id, span_id, flags)) = parse_traceparent(traceparent.as_bytes()) else { return };
+    let (trace_id, span_id, flags) = parse_traceparent(headers.get("traceparent")?.as_bytes())?;
     // tracestate travels with its traceparent; one that does not parse is dropped, as W3C asks.
     let state = headers
         .get("tracestate")
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<TraceState>().ok())
         .unwrap_or_default();
-    let remote = SpanContext::new(trace_id, span_id, flags, true, state);
-    let _ = span.set_parent(Context::new().with_remote_span_context(remote));
+    Some(SpanContext::new(trace_id, span_id, flags, true, state))
 }
 
 /// A W3C `traceparent` (trace context level 1): `version-traceid-parentid-flags` in lowercase hex, the ids not
@@ -397,6 +354,7 @@ mod tests {
     use opentelemetry_sdk::propagation::TraceContextPropagator;
 
     use super::*;
+    use opentelemetry::trace::TraceContextExt;
 
     static PROPAGATOR: OnceLock<TraceContextPropagator> = OnceLock::new();
 

@@ -13,7 +13,7 @@
 
 use std::error::Error as _;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use opentelemetry::trace::SpanContext;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::client::Grpc;
-use tonic::metadata::MetadataMap;
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
 use tonic::transport::{Channel, Uri};
 use tonic::{Code, Extensions, Status};
 
@@ -345,16 +345,39 @@ impl ObservedAttempt {
 
 /// A request for one attempt, with the metadata and the time left sent upstream as `grpc-timeout`, so the
 /// server stops working on an answer nobody will wait for.
-pub fn request<T>(metadata: MetadataMap, message: T, time_left: Option<Duration>) -> tonic::Request<T> {
-    let mut request = tonic::Request::from_parts(metadata, Extensions::default(), message);
+pub fn request<T>(mut metadata: MetadataMap, message: T, time_left: Option<Duration>) -> tonic::Request<T> {
     if let Some(time_left) = time_left {
-        request.set_timeout(time_left);
-        // A new value on every call: sent "never indexed", so it does not churn HPACK's dynamic tables.
-        if let Some(value) = request.metadata_mut().get_mut("grpc-timeout") {
-            value.set_sensitive(true);
-        }
+        static GRPC_TIMEOUT: LazyLock<AsciiMetadataKey> =
+            LazyLock::new(|| AsciiMetadataKey::from_static("grpc-timeout"));
+        metadata.insert(GRPC_TIMEOUT.clone(), grpc_timeout(time_left));
     }
-    request
+    tonic::Request::from_parts(metadata, Extensions::default(), message)
+}
+
+/// `time_left` as a `grpc-timeout` value: the most precise unit whose count fits the spec's 8 digits, as
+/// tonic's `Request::set_timeout` writes it, but without `format!` (and a time too long even in hours is
+/// capped rather than a panic). A new value on every call, so it is sent "never indexed": it would only
+/// churn HPACK's dynamic tables.
+fn grpc_timeout(time_left: Duration) -> AsciiMetadataValue {
+    const MAX: u128 = 99_999_999;
+    let seconds = u128::from(time_left.as_secs());
+    let units = [
+        (time_left.as_nanos(), b'n'),
+        (time_left.as_micros(), b'u'),
+        (time_left.as_millis(), b'm'),
+        (seconds, b'S'),
+        (seconds / 60, b'M'),
+        (seconds / 3600, b'H'),
+    ];
+    let (count, unit) = units.into_iter().find(|(count, _)| *count <= MAX).unwrap_or((MAX, b'H'));
+    let mut text = Vec::with_capacity(9);
+    // At most 8 digits: fits a u64.
+    crate::digits::decimal(&mut text, u64::try_from(count).unwrap_or(u64::MAX), 1);
+    text.push(unit);
+    // Digits and a letter: always a valid value.
+    let mut value = AsciiMetadataValue::try_from(text).unwrap_or_else(|_| AsciiMetadataValue::from_static("99999999H"));
+    value.set_sensitive(true);
+    value
 }
 
 /// One item of a client stream, from the reader of the HTTP body to the upstream call.
@@ -471,6 +494,37 @@ mod tests {
     use futures::StreamExt;
 
     use super::*;
+
+    #[test]
+    fn grpc_timeout_is_written_as_tonic_writes_it() {
+        let cases = [
+            Duration::ZERO,
+            Duration::from_nanos(1),
+            Duration::from_nanos(99_999_999),
+            Duration::from_nanos(100_000_000),
+            Duration::from_millis(500),
+            Duration::from_millis(29_999),
+            Duration::from_secs(30),
+            Duration::from_secs(99_999),
+            Duration::from_secs(100_000),
+            Duration::from_secs(3 * 86_400 + 7),
+            Duration::from_secs(99_999_999 * 60),
+            Duration::from_secs(99_999_999 * 3600),
+        ];
+        for time_left in cases {
+            let mut tonic_request = tonic::Request::new(());
+            tonic_request.set_timeout(time_left);
+            let ours = request(MetadataMap::new(), (), Some(time_left));
+            assert_eq!(
+                ours.metadata().get("grpc-timeout"),
+                tonic_request.metadata().get("grpc-timeout"),
+                "{time_left:?}"
+            );
+            assert!(ours.metadata().get("grpc-timeout").is_some_and(AsciiMetadataValue::is_sensitive));
+        }
+        assert_eq!(grpc_timeout(Duration::MAX), "99999999H", "capped, where tonic would panic");
+        assert!(request(MetadataMap::new(), (), None).metadata().get("grpc-timeout").is_none());
+    }
     use crate::upstream::balancer::Balancer;
     use crate::upstream::breaker::BreakerConfig;
     use crate::upstream::limit::{ConcurrencyLimit, LimitConfig, Slot};

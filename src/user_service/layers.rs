@@ -21,6 +21,8 @@ use http_body::{Body, Frame, SizeHint};
 use tonic::Code;
 use tower::{Layer, Service};
 
+use crate::telemetry::spans::RequestSpan;
+
 /// Adds [`CallLog`] to a service.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CallLogLayer;
@@ -56,24 +58,36 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let method = request.uri().path().to_owned();
         let started = Instant::now();
-        // The call's server span (only when traces are exported) holds the handler, the store's spans and
-        // this layer's log line.
+        // The call's server span (only when traces are exported) is current for the handler (the store's spans
+        // are its children, its lines carry its trace id) and for this layer's log line.
         let span = crate::telemetry::grpc::server_span(&method, request.headers());
-        let response = {
-            let _entered = span.enter();
-            self.inner.call(request)
+        let response = match &span {
+            Some(span) => span.sync_scope(|| self.inner.call(request)),
+            None => self.inner.call(request),
         };
-        let response = tracing::Instrument::instrument(response, span.clone());
         Box::pin(async move {
-            match AssertUnwindSafe(response).catch_unwind().await {
+            let response = AssertUnwindSafe(response).catch_unwind();
+            let outcome = match &span {
+                Some(span) => span.clone().scope(response).await,
+                None => response.await,
+            };
+            match outcome {
                 Ok(Ok(response)) => {
                     let code = grpc_status(response.headers());
                     let record = CallRecord { method, started, code, finished: None, span };
                     Ok(response.map(|body| LoggedBody { inner: Some(body), record }))
                 }
                 Ok(Err(error)) => {
-                    let _entered = span.enter();
-                    tracing::warn!(rpc = %method, duration_ms = elapsed_ms(started), "grpc call failed in transport");
+                    let warn = || {
+                        tracing::warn!(rpc = %method, duration_ms = elapsed_ms(started), "grpc call failed in transport");
+                    };
+                    match &span {
+                        Some(span) => {
+                            span.sync_scope(warn);
+                            span.end();
+                        }
+                        None => warn(),
+                    }
                     Err(error)
                 }
                 Err(panic) => {
@@ -118,7 +132,7 @@ struct CallRecord {
     started: Instant,
     code: Option<Code>,
     finished: Option<Instant>,
-    span: tracing::Span,
+    span: Option<RequestSpan>,
 }
 
 impl Drop for CallRecord {
@@ -135,13 +149,21 @@ impl Drop for CallRecord {
                 code: code_name(code),
             })
             .observe(duration.as_secs_f64());
-        crate::telemetry::grpc::record_code(&self.span, code, true);
-        let _entered = self.span.enter();
-        let code = code_name(code);
-        if matches!(code, "INTERNAL" | "UNKNOWN" | "DATA_LOSS") {
-            tracing::warn!(rpc = %self.method, code, duration_ms, "grpc call");
-        } else {
-            tracing::info!(rpc = %self.method, code, duration_ms, "grpc call");
+        let name = code_name(code);
+        let log = || {
+            if matches!(name, "INTERNAL" | "UNKNOWN" | "DATA_LOSS") {
+                tracing::warn!(rpc = %self.method, code = name, duration_ms, "grpc call");
+            } else {
+                tracing::info!(rpc = %self.method, code = name, duration_ms, "grpc call");
+            }
+        };
+        match &self.span {
+            Some(span) => {
+                crate::telemetry::grpc::record_server_code(span, code);
+                span.sync_scope(log);
+                span.end();
+            }
+            None => log(),
         }
     }
 }
