@@ -7,7 +7,7 @@
 //! processes report as exported or dropped on their /metrics.
 //!
 //! Tracing off is simply no `--otlp-endpoint`: Portico has no other switch. Without an endpoint no exporter or
-//! OpenTelemetry layer is built and nothing connects anywhere, so the off mode is also what every other phase
+//! tracer is built and nothing connects anywhere, so the off mode is also what every other phase
 //! of this benchmark measures.
 
 use std::collections::BTreeMap;
@@ -348,7 +348,7 @@ impl TracingResult {
             self.user_service_export.exported,
             self.user_service_export.dropped
         );
-        println!("  (tracing off is no --otlp-endpoint: no exporter, no OpenTelemetry layer, no connection)");
+        println!("  (tracing off is no --otlp-endpoint: no exporter, no tracer, no connection)");
         for result in [&self.off, &self.on].into_iter().filter(|r| r.errors > 0) {
             println!("{}: first error: {}", result.phase.label(), result.first_error.as_deref().unwrap_or("?"));
         }
