@@ -6,15 +6,27 @@
 
 /// `value` in decimal, zero-padded to at least `width` digits (at most 20).
 pub fn decimal(out: &mut Vec<u8>, mut value: u64, width: usize) {
+    // Two digits per division: most numbers written here are below 100.
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+                                2021222324252627282930313233343536373839\
+                                4041424344454647484950515253545556575859\
+                                6061626364656667686970717273747576777879\
+                                8081828384858687888990919293949596979899";
     let mut digits = [b'0'; 20];
     let mut at = digits.len();
-    loop {
+    while value >= 100 {
+        let pair = (value % 100) as usize * 2;
+        value /= 100;
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    if value >= 10 {
+        let pair = value as usize * 2;
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
         at -= 1;
-        digits[at] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
+        digits[at] = b'0' + value as u8;
     }
     out.extend_from_slice(&digits[at.min(digits.len().saturating_sub(width))..]);
 }
@@ -53,6 +65,21 @@ mod tests {
         assert_eq!(written(|out| decimal(out, 12_345, 3)), "12345");
         assert_eq!(written(|out| decimal(out, 5, 9)), "000000005");
         assert_eq!(written(|out| decimal(out, u64::MAX, 1)), u64::MAX.to_string());
+    }
+
+    #[test]
+    fn numbers_read_as_format_writes_them() {
+        let mut values: Vec<u64> = (0..=1_000).collect();
+        for power in 1..20 {
+            let ten = 10u64.pow(power);
+            values.extend([ten - 1, ten, ten + 1, ten / 3 * 2]);
+        }
+        values.push(u64::MAX);
+        for value in values {
+            for width in [0, 1, 2, 3, 4, 9, 20] {
+                assert_eq!(written(|out| decimal(out, value, width)), format!("{value:0width$}"), "{value} {width}");
+            }
+        }
     }
 
     #[test]

@@ -365,15 +365,15 @@ impl RouteTable {
     }
 
     pub fn find(&self, method: &Method, path: &str) -> RouteMatch<'_> {
+        // The method's own routes first: matching another method's template decodes its values for nothing.
+        for route in self.routes.iter().filter(|route| route.http_method == *method) {
+            if let Some(found) = route.template.matches(path) {
+                return RouteMatch::Found(route, found);
+            }
+        }
         let mut allowed: Vec<Method> = Vec::new();
         for route in &self.routes {
-            if route.http_method != *method && allowed.contains(&route.http_method) {
-                continue;
-            }
-            if let Some(found) = route.template.matches(path) {
-                if route.http_method == *method {
-                    return RouteMatch::Found(route, found);
-                }
+            if !allowed.contains(&route.http_method) && route.template.matches(path).is_some() {
                 allowed.push(route.http_method.clone());
             }
         }
