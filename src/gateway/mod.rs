@@ -49,7 +49,6 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
-use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 
@@ -268,7 +267,7 @@ pub async fn start(
     let state = Arc::new(GatewayState { catalog: Arc::clone(&catalog), clusters, config, streams, shutdown });
 
     // Streams must not be compressed: the encoder would hold events back until its buffer fills.
-    let compress = DefaultPredicate::new().and(NotForContentType::const_new(stream::NDJSON));
+    let compress = compression::Compressible;
 
     // Layers, outermost first: the request id exists before anything logs; the telemetry layer (span, log
     // line, metrics) sees the final response (compressed, CORS headers, even a caught panic's 500);

@@ -288,11 +288,16 @@ async fn read_answer(
         return Err(Status::internal("the upstream's answer ended inside a message"));
     }
     let trailers = body.trailers().await.map_err(Status::from)?;
-    let status = trailers.as_ref().and_then(Status::from_header_map).unwrap_or_else(|| {
-        Status::unknown("protocol error: missing grpc-status trailer, stream was terminated without a final status")
-    });
-    if status.code() != Code::Ok {
-        return Err(status);
+    // The common answer, `grpc-status: 0`, is read as it is: tonic's parser copies the whole trailer map into
+    // the status's metadata before the code can be looked at.
+    let ok = trailers.as_ref().and_then(|trailers| trailers.get("grpc-status")).is_some_and(|code| code == "0");
+    if !ok {
+        let status = trailers.as_ref().and_then(Status::from_header_map).unwrap_or_else(|| {
+            Status::unknown("protocol error: missing grpc-status trailer, stream was terminated without a final status")
+        });
+        if status.code() != Code::Ok {
+            return Err(status);
+        }
     }
     let message = message.ok_or_else(|| Status::internal("Missing response message."))?;
     let decoded = DynamicMessage::decode(response.clone(), message)
