@@ -88,7 +88,9 @@ async fn more_than_1000_items_are_refused_and_nothing_is_stored(backend: Backend
 /// A client that cancels its stream halfway (HTTP/2 RST_STREAM with CANCEL, as grpc-go's clients do when a call
 /// is cancelled) has not sent a batch: nothing it sent may be stored. tonic's decoder alone would read that reset
 /// as the clean end of the request stream (`Code::Cancelled` on a request body ends it); what keeps the batch out
-/// is that the server drops the call's handler when its stream is reset. This pins that down.
+/// is the UserService's `stream_reset` layer, which turns that reset into a failure the handler sees; without
+/// it the batch was stored whenever the handler got past its last read before hyper dropped it (seen under CI's
+/// load).
 async fn a_stream_the_client_cancels_halfway_stores_nothing(backend: Backend) -> TestResult {
     use prost::Message;
     let server = start_on(backend).await;

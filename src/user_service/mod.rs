@@ -12,6 +12,7 @@ pub mod password;
 pub mod relay;
 mod service;
 pub mod store;
+mod stream_reset;
 mod tls;
 pub mod validate;
 
@@ -153,6 +154,7 @@ pub async fn serve(
         .layer(CallLogLayer)
         // Inside the call log, so refused calls are logged too.
         .layer(tower::util::option_layer(authenticate))
+        .layer(stream_reset::ResetFailsStreamLayer::for_pool(&DESCRIPTOR_POOL))
         .add_service(
             UserServiceServer::new(service)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
