@@ -48,7 +48,6 @@ use prost_reflect::DescriptorPool;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 
@@ -266,9 +265,6 @@ pub async fn start(
     let streams = limits::StreamSlots::new(config.limits.max_streams);
     let state = Arc::new(GatewayState { catalog: Arc::clone(&catalog), clusters, config, streams, shutdown });
 
-    // Streams must not be compressed: the encoder would hold events back until its buffer fills.
-    let compress = compression::Compressible;
-
     // Layers, outermost first: the request id exists before anything logs; the telemetry layer (span, log
     // line, metrics) sees the final response (compressed, CORS headers, even a caught panic's 500);
     // compression and CORS wrap the handler.
@@ -277,8 +273,7 @@ pub async fn start(
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(HttpTelemetryLayer::new(route_hint(&catalog)))
         .option_layer(cors)
-        .map_response(compression::unwrap_unencoded)
-        .layer(CompressionLayer::new().compress_when(compress))
+        .layer(compression::CompressWhenAcceptedLayer::new())
         .layer(CatchPanicLayer::custom(|_| {
             GatewayError::Upstream(tonic::Status::internal("internal error in the gateway")).into_response()
         }))
