@@ -354,29 +354,39 @@ pub fn request<T>(mut metadata: MetadataMap, message: T, time_left: Option<Durat
     tonic::Request::from_parts(metadata, Extensions::default(), message)
 }
 
-/// `time_left` as a `grpc-timeout` value: the most precise unit whose count fits the spec's 8 digits, as
-/// tonic's `Request::set_timeout` writes it, but without `format!` (and a time too long even in hours is
-/// capped rather than a panic). A new value on every call, so it is sent "never indexed": it would only
-/// churn HPACK's dynamic tables.
+/// `time_left` as a `grpc-timeout` value, rounded down to the coarsest unit that still counts at least 1000
+/// of them (so the server's deadline is at most 0.1% earlier than ours, never later) and at most the spec's 8
+/// digits: the gateway's default 30 s is `29999m` on almost every call. A value that repeats is indexed by
+/// HPACK, and costs both ends an index byte instead of a Huffman-coded name and value per call. Below a
+/// second the unit is microseconds or nanoseconds, a new value on every call: that is sent "never indexed",
+/// as it would only churn HPACK's dynamic tables. Written without `format!`, and a time too long even in hours
+/// is capped rather than a panic (tonic's `Request::set_timeout` panics).
 fn grpc_timeout(time_left: Duration) -> AsciiMetadataValue {
     const MAX: u128 = 99_999_999;
+    const PRECISE_ENOUGH: u128 = 1000;
     let seconds = u128::from(time_left.as_secs());
+    // Coarsest first.
     let units = [
-        (time_left.as_nanos(), b'n'),
-        (time_left.as_micros(), b'u'),
-        (time_left.as_millis(), b'm'),
-        (seconds, b'S'),
-        (seconds / 60, b'M'),
         (seconds / 3600, b'H'),
+        (seconds / 60, b'M'),
+        (seconds, b'S'),
+        (time_left.as_millis(), b'm'),
+        (time_left.as_micros(), b'u'),
+        (time_left.as_nanos(), b'n'),
     ];
-    let (count, unit) = units.into_iter().find(|(count, _)| *count <= MAX).unwrap_or((MAX, b'H'));
+    let (count, unit) = units
+        .into_iter()
+        .find(|(count, _)| *count >= PRECISE_ENOUGH)
+        .filter(|(count, _)| *count <= MAX)
+        .or_else(|| units.into_iter().rev().find(|(count, _)| *count <= MAX))
+        .unwrap_or((MAX, b'H'));
     let mut text = Vec::with_capacity(9);
     // At most 8 digits: fits a u64.
     crate::digits::decimal(&mut text, u64::try_from(count).unwrap_or(u64::MAX), 1);
     text.push(unit);
     // Digits and a letter: always a valid value.
     let mut value = AsciiMetadataValue::try_from(text).unwrap_or_else(|_| AsciiMetadataValue::from_static("99999999H"));
-    value.set_sensitive(true);
+    value.set_sensitive(matches!(unit, b'u' | b'n'));
     value
 }
 
@@ -495,11 +505,31 @@ mod tests {
 
     use super::*;
 
+    /// A `grpc-timeout` value read as the gRPC spec (and tonic's server) reads it.
+    fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+        let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+        if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let count: u64 = digits.parse().ok()?;
+        Some(match unit {
+            "H" => Duration::from_secs(count * 3600),
+            "M" => Duration::from_secs(count * 60),
+            "S" => Duration::from_secs(count),
+            "m" => Duration::from_millis(count),
+            "u" => Duration::from_micros(count),
+            "n" => Duration::from_nanos(count),
+            _ => return None,
+        })
+    }
+
     #[test]
-    fn grpc_timeout_is_written_as_tonic_writes_it() {
-        let cases = [
+    fn grpc_timeout_is_valid_never_later_and_within_a_thousandth() {
+        let mut cases = vec![
             Duration::ZERO,
             Duration::from_nanos(1),
+            Duration::from_nanos(999),
+            Duration::from_nanos(1000),
             Duration::from_nanos(99_999_999),
             Duration::from_nanos(100_000_000),
             Duration::from_millis(500),
@@ -511,20 +541,38 @@ mod tests {
             Duration::from_secs(99_999_999 * 60),
             Duration::from_secs(99_999_999 * 3600),
         ];
+        // Every power of ten of nanoseconds, and just below and above it.
+        for exponent in 0..19 {
+            let nanos = 10u64.pow(exponent);
+            cases.extend([nanos - 1, nanos, nanos + 1, nanos * 3 + 7].map(Duration::from_nanos));
+        }
         for time_left in cases {
-            let mut tonic_request = tonic::Request::new(());
-            tonic_request.set_timeout(time_left);
-            let ours = request(MetadataMap::new(), (), Some(time_left));
-            assert_eq!(
-                ours.metadata().get("grpc-timeout"),
-                tonic_request.metadata().get("grpc-timeout"),
-                "{time_left:?}"
-            );
-            assert!(ours.metadata().get("grpc-timeout").is_some_and(AsciiMetadataValue::is_sensitive));
+            let value = request(MetadataMap::new(), (), Some(time_left));
+            let value = value.metadata().get("grpc-timeout").expect("a deadline is sent");
+            let text = value.to_str().expect("ASCII");
+            let sent =
+                parse_grpc_timeout(text).unwrap_or_else(|| panic!("{time_left:?}: {text} is not a grpc-timeout"));
+            assert!(sent <= time_left, "{time_left:?}: {text} is later than the deadline");
+            let lost = time_left - sent;
+            assert!(lost.as_nanos() * 1000 <= time_left.as_nanos(), "{time_left:?}: {text} loses more than 0.1%");
+            assert_eq!(value.is_sensitive(), text.ends_with(['u', 'n']), "{time_left:?}: {text}");
         }
         assert_eq!(grpc_timeout(Duration::MAX), "99999999H", "capped, where tonic would panic");
         assert!(request(MetadataMap::new(), (), None).metadata().get("grpc-timeout").is_none());
     }
+
+    #[test]
+    fn the_default_deadline_is_the_same_value_on_every_call() {
+        // 30 s less whatever the gateway spent before the call (well under a millisecond).
+        let values: Vec<_> = [0, 1, 50_000, 999_999]
+            .map(|spent_nanos| grpc_timeout(Duration::from_secs(30) - Duration::from_nanos(spent_nanos)))
+            .into_iter()
+            .collect();
+        assert_eq!(values[0], "30000m");
+        assert!(values[1..].iter().all(|value| value == "29999m"), "{values:?}");
+        assert!(values.iter().all(|value| !value.is_sensitive()), "a repeating value is indexed by HPACK");
+    }
+
     use crate::upstream::balancer::Balancer;
     use crate::upstream::breaker::BreakerConfig;
     use crate::upstream::limit::{ConcurrencyLimit, LimitConfig, Slot};

@@ -181,7 +181,7 @@ impl DirectConnection {
             Err(_) => return Err(not_sent(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))),
         };
         let closed = Arc::new(AtomicBool::new(false));
-        tokio::spawn(drive(connection, Arc::clone(&closed), self.settings.keep_alive_interval));
+        tokio::spawn(PollAfterOthers::new(drive(connection, Arc::clone(&closed), self.settings.keep_alive_interval)));
         *self.lock() = Some(Live { sender: sender.clone(), closed: Arc::clone(&closed) });
         Ok((sender, closed))
     }
@@ -228,6 +228,44 @@ async fn drive(
     }
     // Dropping the connection fails whatever streams it still carries.
     closed.store(true, Ordering::Release);
+}
+
+pin_project_lite::pin_project! {
+    /// Polls a future one scheduler turn after it is woken rather than at once, so that the other tasks
+    /// already woken on its thread run first.
+    ///
+    /// For the connection's task this batches writes: a call wakes it as soon as the call's frames are
+    /// queued, and tokio runs a task woken by another straight after that one yields (its "LIFO slot"), so
+    /// each call's frames went out in a `writev` of their own while the calls behind it, woken by the same
+    /// epoll round, waited. Sent one turn later, the frames of every call queued meanwhile go out together:
+    /// fewer system calls here, and fewer reads and wake-ups at the server.
+    struct PollAfterOthers<F> {
+        #[pin]
+        inner: F,
+        deferred: bool,
+    }
+}
+
+impl<F> PollAfterOthers<F> {
+    fn new(inner: F) -> Self {
+        Self { inner, deferred: false }
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for PollAfterOthers<F> {
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        if !*this.deferred {
+            // A task that wakes itself while it runs goes to the back of its thread's run queue.
+            *this.deferred = true;
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        *this.deferred = false;
+        this.inner.poll(cx)
+    }
 }
 
 async fn resolve(authority: &Authority) -> std::io::Result<SocketAddr> {
@@ -364,6 +402,79 @@ fn status_from_http(status: http::StatusCode) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Records each poll of the connection stand-in and keeps its waker, as h2's connection does.
+    #[derive(Clone, Default)]
+    struct Journal {
+        entries: Arc<Mutex<Vec<&'static str>>>,
+        waker: Arc<Mutex<Option<std::task::Waker>>>,
+    }
+
+    impl Journal {
+        fn write(&self, entry: &'static str) {
+            self.entries.lock().unwrap_or_else(PoisonError::into_inner).push(entry);
+        }
+
+        fn read(&self) -> Vec<&'static str> {
+            self.entries.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        }
+
+        fn wake_connection(&self) {
+            if let Some(waker) = self.waker.lock().unwrap_or_else(PoisonError::into_inner).take() {
+                waker.wake();
+            }
+        }
+
+        /// Pending forever, writing "connection" on every poll.
+        fn connection(&self) -> impl std::future::Future<Output = ()> + use<> {
+            let journal = self.clone();
+            std::future::poll_fn(move |cx| {
+                journal.write("connection");
+                *journal.waker.lock().unwrap_or_else(PoisonError::into_inner) = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            })
+        }
+    }
+
+    /// What the connection sees when a call queues its frames and wakes it while another call is ready to
+    /// run on the same thread.
+    fn order_of_polls(deferred: bool) -> Result<Vec<&'static str>, Box<dyn std::error::Error>> {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build()?;
+        let journal = Journal::default();
+        runtime.block_on(async {
+            let connection = journal.connection();
+            if deferred {
+                tokio::spawn(PollAfterOthers::new(connection));
+            } else {
+                tokio::spawn(connection);
+            }
+            while journal.read().is_empty() {
+                tokio::task::yield_now().await;
+            }
+            let first_call = journal.clone();
+            tokio::spawn(async move {
+                first_call.write("first call");
+                // The next call becomes ready on this thread, then this one wakes the connection.
+                let second_call = first_call.clone();
+                tokio::spawn(async move { second_call.write("second call") });
+                first_call.wake_connection();
+            })
+            .await?;
+            while journal.read().len() < 4 {
+                tokio::task::yield_now().await;
+            }
+            Ok::<_, tokio::task::JoinError>(())
+        })?;
+        Ok(journal.read())
+    }
+
+    #[test]
+    fn the_connection_runs_after_the_calls_already_ready() -> Result<(), Box<dyn std::error::Error>> {
+        // tokio alone runs the woken connection first: the first call's frames would go out on their own.
+        assert_eq!(order_of_polls(false)?, ["connection", "first call", "connection", "second call"]);
+        assert_eq!(order_of_polls(true)?, ["connection", "first call", "second call", "connection"]);
+        Ok(())
+    }
 
     #[test]
     fn messages_are_taken_whole_from_a_buffer_that_fills_in_pieces() -> Result<(), Status> {
