@@ -18,22 +18,27 @@ pub fn from_days(days: i64) -> (i64, i64, i64) {
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` (RFC 3339 without fraction or offset) for `seconds` since the Unix epoch, written
-/// digit by digit; years outside 0..=9999 are the caller's to refuse.
+/// digit by digit into one array and appended at once; years outside 0..=9999 are the caller's to refuse (they
+/// are written with all their digits).
 pub fn write_date_time(out: &mut Vec<u8>, seconds: i64) {
+    use crate::digits::pair;
     let (year, month, day) = from_days(seconds.div_euclid(86_400));
     let time_of_day = seconds.rem_euclid(86_400);
     let number = |value: i64| u64::try_from(value).unwrap_or_default();
-    crate::digits::decimal(out, number(year), 4);
-    out.push(b'-');
-    crate::digits::decimal(out, number(month), 2);
-    out.push(b'-');
-    crate::digits::decimal(out, number(day), 2);
-    out.push(b'T');
-    crate::digits::decimal(out, number(time_of_day / 3600), 2);
-    out.push(b':');
-    crate::digits::decimal(out, number(time_of_day / 60 % 60), 2);
-    out.push(b':');
-    crate::digits::decimal(out, number(time_of_day % 60), 2);
+    let mut text = *b"0000-00-00T00:00:00";
+    text[5..7].copy_from_slice(&pair(number(month)));
+    text[8..10].copy_from_slice(&pair(number(day)));
+    text[11..13].copy_from_slice(&pair(number(time_of_day / 3600)));
+    text[14..16].copy_from_slice(&pair(number(time_of_day / 60 % 60)));
+    text[17..19].copy_from_slice(&pair(number(time_of_day % 60)));
+    if (0..=9999).contains(&year) {
+        text[0..2].copy_from_slice(&pair(number(year) / 100));
+        text[2..4].copy_from_slice(&pair(number(year)));
+        out.extend_from_slice(&text);
+    } else {
+        crate::digits::decimal(out, number(year), 4);
+        out.extend_from_slice(&text[4..]);
+    }
 }
 
 #[cfg(test)]
@@ -46,6 +51,25 @@ mod tests {
         write_date_time(&mut out, 1_796_034_796);
         write_date_time(&mut out, -62_135_596_800);
         assert_eq!(String::from_utf8_lossy(&out), "2026-11-30T10:33:160001-01-01T00:00:00");
+    }
+
+    #[test]
+    fn date_times_read_as_the_calendar_writes_them() {
+        // Against chrono-free arithmetic: every field written as format! would, for a spread of instants.
+        let mut seconds = -62_135_596_800i64; // 0001-01-01
+        while seconds < 253_402_300_800 {
+            let (year, month, day) = from_days(seconds.div_euclid(86_400));
+            let time = seconds.rem_euclid(86_400);
+            let expected =
+                format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}", time / 3600, time / 60 % 60, time % 60);
+            let mut out = Vec::new();
+            write_date_time(&mut out, seconds);
+            assert_eq!(String::from_utf8_lossy(&out), expected, "{seconds}");
+            seconds += 7_777_777 + seconds.rem_euclid(86_399);
+        }
+        let mut out = Vec::new();
+        write_date_time(&mut out, 253_402_300_800); // 10000-01-01: all five digits, the rest unchanged
+        assert_eq!(String::from_utf8_lossy(&out), "10000-01-01T00:00:00");
     }
 
     #[test]

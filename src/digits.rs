@@ -4,14 +4,22 @@
 //! request; through `core::fmt` (`write!` with widths and padding) those numbers cost more than everything
 //! else the line or the timestamp does.
 
+/// The two-digit text of 0 to 99, in order.
+const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+                            2021222324252627282930313233343536373839\
+                            4041424344454647484950515253545556575859\
+                            6061626364656667686970717273747576777879\
+                            8081828384858687888990919293949596979899";
+
+/// `value` (below 100) as two digits, `07` for 7; the last two digits of a larger value.
+pub fn pair(value: u64) -> [u8; 2] {
+    let at = (value % 100) as usize * 2;
+    [PAIRS[at], PAIRS[at + 1]]
+}
+
 /// `value` in decimal, zero-padded to at least `width` digits (at most 20).
 pub fn decimal(out: &mut Vec<u8>, mut value: u64, width: usize) {
     // Two digits per division: most numbers written here are below 100.
-    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
-                                2021222324252627282930313233343536373839\
-                                4041424344454647484950515253545556575859\
-                                6061626364656667686970717273747576777879\
-                                8081828384858687888990919293949596979899";
     let mut digits = [b'0'; 20];
     let mut at = digits.len();
     while value >= 100 {
@@ -54,6 +62,13 @@ mod tests {
         let mut out = Vec::new();
         write(&mut out);
         String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn pairs_are_two_digits_as_format_writes_them() {
+        for value in 0..250u64 {
+            assert_eq!(String::from_utf8_lossy(&pair(value)), format!("{:02}", value % 100), "{value}");
+        }
     }
 
     #[test]

@@ -206,7 +206,7 @@ impl PathTemplate {
         if !self.segments_match(rest) {
             return None;
         }
-        let path_segment_count = if rest.is_empty() { 0 } else { rest.split('/').count() };
+        let path_segment_count = if rest.is_empty() { 0 } else { slashes(rest).count() + 1 };
         let mut values = Vec::with_capacity(self.variables.len());
         for variable in &self.variables {
             // Template segments map one-to-one onto path segments, except the final `**`, which takes the
@@ -324,13 +324,14 @@ impl PathTemplate {
             // The root path has no segments, so only a lone `**` can match it.
             return matches!(self.segments.as_slice(), [Segment::DoubleWildcard]);
         }
-        let mut path_segments = rest.split('/');
+        // Split as bytes: a path's segments are short, and `str::split` sets up a searcher for each.
+        let mut path_segments = rest.as_bytes().split(|byte| *byte == b'/');
         for segment in &self.segments {
             let matched = match segment {
                 Segment::DoubleWildcard => return path_segments.all(|path_segment| !path_segment.is_empty()),
                 Segment::Wildcard => path_segments.next().is_some_and(|path_segment| !path_segment.is_empty()),
                 // Literals are never empty, so this also rejects empty path segments.
-                Segment::Literal(literal) => path_segments.next() == Some(literal.as_str()),
+                Segment::Literal(literal) => path_segments.next() == Some(literal.as_bytes()),
             };
             if !matched {
                 return false;
@@ -380,7 +381,7 @@ fn segment_slice(rest: &str, from: usize, to: usize) -> &str {
     let mut start = 0;
     let mut end = rest.len();
     // The slash numbered `n` (from 0) ends segment `n` and starts segment `n + 1`.
-    for (n, (position, _)) in rest.match_indices('/').enumerate() {
+    for (n, position) in slashes(rest).enumerate() {
         if n + 1 == from {
             start = position + 1;
         }
@@ -390,6 +391,11 @@ fn segment_slice(rest: &str, from: usize, to: usize) -> &str {
         }
     }
     &rest[start..end]
+}
+
+/// The byte offsets of the `/`s in `path`.
+fn slashes(path: &str) -> impl Iterator<Item = usize> + '_ {
+    path.bytes().enumerate().filter_map(|(at, byte)| (byte == b'/').then_some(at))
 }
 
 /// Percent-decodes `raw`; with `keep_encoded_slash`, `%2F`/`%2f` are left as they are.
