@@ -5,6 +5,7 @@ pub mod civil_date;
 pub mod config;
 pub mod digits;
 pub mod gateway;
+pub mod grpc_timeout;
 pub mod proto;
 pub mod settings;
 pub mod telemetry;

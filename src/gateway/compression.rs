@@ -15,6 +15,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use axum::BoxError;
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
@@ -24,8 +25,6 @@ use tower::{Layer, Service};
 use tower_http::compression::{Compression, CompressionBody, CompressionLayer, Predicate};
 
 use crate::gateway::stream::NDJSON;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Compresses responses with tower-http's [`CompressionLayer`] when the request has `Accept-Encoding`, and
 /// only then (see the module's text).

@@ -147,24 +147,10 @@ pub fn client_timeout(headers: &HeaderMap) -> Result<Option<Duration>, GatewayEr
 /// The grammar the OpenAPI document states for `Grpc-Timeout`; [`parse_grpc_timeout`] accepts exactly it.
 pub const GRPC_TIMEOUT_PATTERN: &str = "^[1-9][0-9]{0,7}[HMSmun]$";
 
+/// A client's `Grpc-Timeout`: the spec's format ([`crate::grpc_timeout::parse`]), positive and without leading
+/// zeros.
 fn parse_grpc_timeout(text: &str) -> Option<Duration> {
-    if text.len() < 2 || text.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = text.split_at(text.len() - 1);
-    if !digits.bytes().all(|b| b.is_ascii_digit()) || digits.starts_with('0') {
-        return None;
-    }
-    let amount: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(amount.checked_mul(3600)?),
-        "M" => Duration::from_secs(amount.checked_mul(60)?),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return None,
-    })
+    crate::grpc_timeout::parse(text).filter(|_| !text.starts_with('0'))
 }
 
 /// The deadline of a call: the shorter of the client's and the route's default.

@@ -354,39 +354,16 @@ pub fn request<T>(mut metadata: MetadataMap, message: T, time_left: Option<Durat
     tonic::Request::from_parts(metadata, Extensions::default(), message)
 }
 
-/// `time_left` as a `grpc-timeout` value, rounded down to the coarsest unit that still counts at least 1000
-/// of them (so the server's deadline is at most 0.1% earlier than ours, never later) and at most the spec's 8
-/// digits: the gateway's default 30 s is `29999m` on almost every call. A value that repeats is indexed by
-/// HPACK, and costs both ends an index byte instead of a Huffman-coded name and value per call. Below a
-/// second the unit is microseconds or nanoseconds, a new value on every call: that is sent "never indexed",
-/// as it would only churn HPACK's dynamic tables. Written without `format!`, and a time too long even in hours
-/// is capped rather than a panic (tonic's `Request::set_timeout` panics).
+/// `time_left` as the `grpc-timeout` metadata value ([`crate::grpc_timeout::write`]). A value that differs on
+/// every call (below a second) is sent "never indexed": it would only churn HPACK's dynamic tables; one that
+/// repeats (the default 30 s is `29999m`) is indexed, and costs both ends an index byte instead of a
+/// Huffman-coded name and value per call.
 fn grpc_timeout(time_left: Duration) -> AsciiMetadataValue {
-    const MAX: u128 = 99_999_999;
-    const PRECISE_ENOUGH: u128 = 1000;
-    let seconds = u128::from(time_left.as_secs());
-    // Coarsest first.
-    let units = [
-        (seconds / 3600, b'H'),
-        (seconds / 60, b'M'),
-        (seconds, b'S'),
-        (time_left.as_millis(), b'm'),
-        (time_left.as_micros(), b'u'),
-        (time_left.as_nanos(), b'n'),
-    ];
-    let (count, unit) = units
-        .into_iter()
-        .find(|(count, _)| *count >= PRECISE_ENOUGH)
-        .filter(|(count, _)| *count <= MAX)
-        .or_else(|| units.into_iter().rev().find(|(count, _)| *count <= MAX))
-        .unwrap_or((MAX, b'H'));
-    let mut text = Vec::with_capacity(9);
-    // At most 8 digits: fits a u64.
-    crate::digits::decimal(&mut text, u64::try_from(count).unwrap_or(u64::MAX), 1);
-    text.push(unit);
+    let text = crate::grpc_timeout::write(time_left);
+    let varies = crate::grpc_timeout::varies_per_call(&text);
     // Digits and a letter: always a valid value.
     let mut value = AsciiMetadataValue::try_from(text).unwrap_or_else(|_| AsciiMetadataValue::from_static("99999999H"));
-    value.set_sensitive(matches!(unit, b'u' | b'n'));
+    value.set_sensitive(varies);
     value
 }
 
@@ -505,24 +482,6 @@ mod tests {
 
     use super::*;
 
-    /// A `grpc-timeout` value read as the gRPC spec (and tonic's server) reads it.
-    fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-        let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-        if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        let count: u64 = digits.parse().ok()?;
-        Some(match unit {
-            "H" => Duration::from_secs(count * 3600),
-            "M" => Duration::from_secs(count * 60),
-            "S" => Duration::from_secs(count),
-            "m" => Duration::from_millis(count),
-            "u" => Duration::from_micros(count),
-            "n" => Duration::from_nanos(count),
-            _ => return None,
-        })
-    }
-
     #[test]
     fn grpc_timeout_is_valid_never_later_and_within_a_thousandth() {
         let mut cases = vec![
@@ -550,8 +509,8 @@ mod tests {
             let value = request(MetadataMap::new(), (), Some(time_left));
             let value = value.metadata().get("grpc-timeout").expect("a deadline is sent");
             let text = value.to_str().expect("ASCII");
-            let sent =
-                parse_grpc_timeout(text).unwrap_or_else(|| panic!("{time_left:?}: {text} is not a grpc-timeout"));
+            let sent = crate::grpc_timeout::parse(text)
+                .unwrap_or_else(|| panic!("{time_left:?}: {text} is not a grpc-timeout"));
             assert!(sent <= time_left, "{time_left:?}: {text} is later than the deadline");
             let lost = time_left - sent;
             assert!(lost.as_nanos() * 1000 <= time_left.as_nanos(), "{time_left:?}: {text} loses more than 0.1%");
