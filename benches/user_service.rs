@@ -600,7 +600,8 @@ mod floor {
             Floor { users: RwLock::default(), next_id: AtomicI64::new(1), hasher: PasswordHasher::new(cost)? };
         tonic::transport::Server::builder()
             .add_service(UserServiceServer::new(service))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            // Nagle off, as the UserService has it, so the two answer on equal terms.
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)))
             .await?;
         Ok(())
     }
