@@ -135,7 +135,7 @@ fn json_response(route: &Route, response: tonic::Response<DynamicMessage>) -> Re
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         response
     };
-    metadata::response_headers(&metadata, response.headers_mut());
+    metadata::response_headers(metadata, response.headers_mut());
     Ok(response)
 }
 

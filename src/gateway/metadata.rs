@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use tonic::metadata::{
-    AsciiMetadataKey, AsciiMetadataValue, BinaryMetadataKey, BinaryMetadataValue, KeyAndValueRef, MetadataMap,
-};
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, BinaryMetadataKey, BinaryMetadataValue, MetadataMap};
 
 use crate::gateway::error::GatewayError;
 
@@ -113,19 +111,18 @@ fn insert(metadata: &mut MetadataMap, key: &str, value: &HeaderValue) -> Result<
 }
 
 /// Upstream response metadata as `Grpc-Metadata-<key>` headers (reserved and HTTP/2 transport keys left out).
-pub fn response_headers(metadata: &MetadataMap, headers: &mut HeaderMap) {
-    for entry in metadata.iter() {
-        let (key, value) = match entry {
-            KeyAndValueRef::Ascii(key, value) => (key.as_str(), HeaderValue::from_bytes(value.as_encoded_bytes()).ok()),
-            KeyAndValueRef::Binary(key, value) => {
-                (key.as_str(), HeaderValue::from_bytes(value.as_encoded_bytes()).ok())
-            }
-        };
+///
+/// The values are the upstream's own header values (reference counts, not copies); `-bin` values stay in the
+/// base64 they crossed the wire in.
+pub fn response_headers(metadata: MetadataMap, headers: &mut HeaderMap) {
+    let upstream = metadata.into_headers();
+    for (key, value) in &upstream {
+        let key = key.as_str();
         if key.starts_with("grpc-") || matches!(key, "content-type" | "date" | "te" | "trailer" | "content-length") {
             continue;
         }
-        if let (Ok(name), Some(value)) = (HeaderName::from_bytes(format!("{METADATA_PREFIX}{key}").as_bytes()), value) {
-            headers.append(name, value);
+        if let Ok(name) = HeaderName::from_bytes(format!("{METADATA_PREFIX}{key}").as_bytes()) {
+            headers.append(name, value.clone());
         }
     }
 }
@@ -196,6 +193,37 @@ mod tests {
             Some(Duration::from_secs(30))
         );
         assert_eq!(deadline(None, None), None);
+    }
+
+    #[test]
+    fn response_metadata_becomes_prefixed_headers_and_transport_keys_stay_behind() {
+        let mut upstream = HeaderMap::new();
+        for (name, value) in [
+            ("content-type", "application/grpc"),
+            ("date", "Tue, 01 Dec 2026 06:00:00 GMT"),
+            ("grpc-accept-encoding", "gzip"),
+            ("grpc-status", "0"),
+            ("x-served-by", "replica-2"),
+            ("x-served-by", "replica-3"),
+            ("trace-bin", "AAEC"),
+        ] {
+            upstream.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response_headers(MetadataMap::from_headers(upstream), &mut headers);
+        let mut got: Vec<(String, String)> = headers
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_str().unwrap_or("<not text>").to_string()))
+            .collect();
+        got.sort();
+        let expected = [
+            ("content-type", "application/json"),
+            ("grpc-metadata-trace-bin", "AAEC"),
+            ("grpc-metadata-x-served-by", "replica-2"),
+            ("grpc-metadata-x-served-by", "replica-3"),
+        ];
+        assert_eq!(got, expected.map(|(name, value)| (name.to_string(), value.to_string())));
     }
 
     #[test]
