@@ -154,8 +154,9 @@ addr_of() {
   done
   echo "bench-peers: no '$marker addr=…' line in $log" >&2; tail -n 20 "$log" >&2; exit 1
 }
-# utime + stime of a process (all its threads), in clock ticks. The command name in field 2 is cut off first.
-cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
+# utime + stime of a process (all its threads), then stime alone, in clock ticks. The command name in field 2
+# is cut off first.
+cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13, $13 }'; }
 clk_tck=$(getconf CLK_TCK)
 
 # The servers run with their defaults: no RUST_LOG, log format or OTLP endpoint from this shell. Other PORTICO_*
@@ -312,11 +313,15 @@ for run in $(seq "$runs"); do
     if [ "$warmup" -gt 0 ]; then
       run_wrk "$run_dir/$proxy-$run.warmup.txt" -d"${warmup}s" "$url"
     fi
-    proxy_before=$(cpu_ticks "$proxy_pid"); service_before=$(cpu_ticks "$service_pid")
+    read -r proxy_before proxy_sys_before < <(cpu_ticks "$proxy_pid")
+    read -r service_before service_sys_before < <(cpu_ticks "$service_pid")
     run_wrk "$run_dir/$proxy-$run.wrk.txt" -d"${seconds}s" --latency "$url"
-    proxy_after=$(cpu_ticks "$proxy_pid"); service_after=$(cpu_ticks "$service_pid")
+    read -r proxy_after proxy_sys_after < <(cpu_ticks "$proxy_pid")
+    read -r service_after service_sys_after < <(cpu_ticks "$service_pid")
     "${helper[@]}" record --wrk-output "$run_dir/$proxy-$run.wrk.txt" --proxy "$proxy" --run "$run" \
       --proxy-ticks $((proxy_after - proxy_before)) --service-ticks $((service_after - service_before)) \
+      --proxy-kernel-ticks $((proxy_sys_after - proxy_sys_before)) \
+      --service-kernel-ticks $((service_sys_after - service_sys_before)) \
       --clk-tck "$clk_tck" --results "$results"
     stop_pid "$proxy_pid"
   done
