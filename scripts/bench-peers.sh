@@ -3,7 +3,8 @@
 # front of the same `portico user-service` (release build, SQLite, seeded with users), under the same load:
 # wrk, 1 thread, 32 connections, 8 s of `GET /v1/users/{id}` over the seeded ids after a warm-up. For each
 # proxy it prints req/s, the proxy's and the UserService's CPU µs per request (utime+stime from /proc/PID/stat
-# over the measured window, divided by the requests wrk counted) and wrk's p99, then the ratios.
+# over the measured window, divided by the requests wrk counted; stime alone is the kernel's part) and wrk's
+# p99, then the ratios.
 #
 # Usage: scripts/bench-peers.sh [--runs N] [--seconds S] [--warmup S] [--connections C] [--users N]
 #   --runs N         rounds of all three proxies, the order rotating from round to round (default 1)
