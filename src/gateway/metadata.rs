@@ -195,10 +195,18 @@ mod tests {
         assert_eq!(deadline(None, None), None);
     }
 
+    /// A header map of static names and values, repeated names kept.
+    fn header_map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for &(name, value) in pairs {
+            headers.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        headers
+    }
+
     #[test]
     fn response_metadata_becomes_prefixed_headers_and_transport_keys_stay_behind() {
-        let mut upstream = HeaderMap::new();
-        for (name, value) in [
+        let upstream = header_map(&[
             ("content-type", "application/grpc"),
             ("date", "Tue, 01 Dec 2026 06:00:00 GMT"),
             ("grpc-accept-encoding", "gzip"),
@@ -206,11 +214,8 @@ mod tests {
             ("x-served-by", "replica-2"),
             ("x-served-by", "replica-3"),
             ("trace-bin", "AAEC"),
-        ] {
-            upstream.append(HeaderName::from_static(name), HeaderValue::from_static(value));
-        }
-        let mut headers = HeaderMap::new();
-        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        ]);
+        let mut headers = header_map(&[("content-type", "application/json")]);
         response_headers(MetadataMap::from_headers(upstream), &mut headers);
         let mut got: Vec<(String, String)> = headers
             .iter()
@@ -228,8 +233,7 @@ mod tests {
 
     #[test]
     fn only_the_allow_list_crosses_and_grpc_keys_never_do() -> Result<(), GatewayError> {
-        let mut headers = HeaderMap::new();
-        for (name, value) in [
+        let mut headers = header_map(&[
             ("authorization", "Bearer t"),
             ("x-request-id", "abc"),
             ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
@@ -242,9 +246,7 @@ mod tests {
             ("cookie", "secret"),
             ("x-forwarded-for", "203.0.113.7"),
             ("host", "api.example.com"),
-        ] {
-            headers.insert(HeaderName::from_static(name), HeaderValue::from_static(value));
-        }
+        ]);
         headers.insert("grpc-metadata-trace-bin", HeaderValue::from_static("AQID"));
         let metadata = request_metadata(
             &headers,
