@@ -178,9 +178,6 @@ pub async fn serve(
     }
 }
 
-/// The change log's head and size as gauges. Without a relay every write prunes the log to the last `window`
-/// revisions, and revisions have no gaps, so its size follows from the head; with a relay the log also keeps
-/// what is not published yet, and the relay reports that backlog instead.
 /// The listener's connections with Nagle's algorithm off. tonic sets TCP_NODELAY only on listeners it binds
 /// itself; on an accepted socket left with Nagle on, the second small write of a response (the trailers after
 /// the headers and the message, when they go out in two writes) waits for the client's delayed ACK, and a call
@@ -189,6 +186,9 @@ fn accepted_without_nagle(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
+/// The change log's head and size as gauges. Without a relay every write prunes the log to the last `window`
+/// revisions, and revisions have no gaps, so its size follows from the head; with a relay the log also keeps
+/// what is not published yet, and the relay reports that backlog instead.
 fn observe_change_log(feed: &Arc<events::ChangeFeed>, window: u32, pruned_to_window: bool) {
     use crate::telemetry::metrics::gauge_fn;
     let head = Arc::downgrade(feed);
