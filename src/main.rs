@@ -140,7 +140,8 @@ async fn serve_admin(
     tracing::info!(addr = %listener.local_addr()?, "admin listening");
     let shutdown = shutdown.clone();
     tokio::spawn(async move {
-        let served = axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        let served =
+            axum::serve(without_nagle(listener), router).with_graceful_shutdown(shutdown.cancelled_owned()).await;
         if let Err(error) = served {
             tracing::warn!(%error, "admin listener failed");
         }
@@ -212,6 +213,20 @@ fn loopback_for(addr: std::net::SocketAddr) -> std::net::SocketAddr {
     addr
 }
 
+/// The admin listener's connections with Nagle's algorithm off, as the gateway's and the UserService's have
+/// them: axum leaves it on, and a `/metrics` answer that goes out in more than one write would wait for the
+/// scraper's delayed ACK.
+fn without_nagle(
+    listener: TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot turn Nagle's algorithm off on an admin connection");
+        }
+    })
+}
+
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, BoxError> {
     TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}").into())
 }
@@ -238,4 +253,22 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
         () = terminate => tracing::info!("SIGTERM received; draining"),
     }
     shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::serve::Listener;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn admin_connections_have_nagle_off() -> Result<(), BoxError> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let mut admin = without_nagle(listener);
+        let _client = tokio::net::TcpStream::connect(address).await?;
+        let (accepted, _) = admin.accept().await;
+        assert!(accepted.nodelay()?, "TCP_NODELAY is set on the accepted socket");
+        Ok(())
+    }
 }
