@@ -14,7 +14,7 @@ use portico::upstream::call::{Classified, classify};
 use portico::upstream::direct::{DirectConnection, DirectSettings};
 use portico::upstream::retry::Failure;
 use prost::Message;
-use prost_reflect::{DynamicMessage, MessageDescriptor, ReflectMessage};
+use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tokio::net::TcpListener;
 use tonic::Code;
 use tonic::metadata::MetadataMap;
@@ -167,6 +167,7 @@ fn connection(uri: &http::Uri) -> Result<DirectConnection, String> {
     DirectConnection::new(uri, settings).ok_or_else(|| format!("{uri} is plain text"))
 }
 
+/// A call whose answer (the message's wire bytes) is decoded as a user, to look into.
 async fn call(
     connection: &DirectConnection,
     path: &'static str,
@@ -175,7 +176,10 @@ async fn call(
     let descriptor = user_descriptor().map_err(tonic::Status::internal)?;
     let mut metadata = MetadataMap::new();
     metadata.insert("x-request-id", "abc".parse().map_err(|_| tonic::Status::internal("metadata"))?);
-    connection.unary(&http::uri::PathAndQuery::from_static(path), metadata, message, &descriptor).await
+    let answer = connection.unary(&http::uri::PathAndQuery::from_static(path), metadata, message).await?;
+    let (metadata, wire, extensions) = answer.into_parts();
+    let user = DynamicMessage::decode(descriptor, wire).map_err(|e| tonic::Status::internal(e.to_string()))?;
+    Ok(tonic::Response::from_parts(metadata, user, extensions))
 }
 
 fn field_i64(message: &DynamicMessage, name: &str) -> Option<i64> {
@@ -191,7 +195,6 @@ async fn answers_become_messages_with_their_metadata_or_the_status_the_spec_give
     let ok = call(&connection, "/ok", &message).await?;
     // The server saw the 2-byte message behind its 5-byte prefix.
     assert_eq!(field_i64(ok.get_ref(), "id"), Some(7));
-    assert_eq!(ok.get_ref().descriptor().full_name(), "user.User");
     assert_eq!(ok.metadata().get("x-answered-by").and_then(|v| v.to_str().ok()), Some("test"));
     assert_eq!(ok.metadata().get("x-trailer").and_then(|v| v.to_str().ok()), Some("t"), "trailers are metadata");
 

@@ -120,17 +120,19 @@ async fn request_message(
     transcode::request_message(route, path, parts.uri.query(), &body, &state.config.transcode)
 }
 
-/// A unary answer as proto3 JSON (or the raw bytes of a google.api.HttpBody answer), with the upstream's
-/// response metadata as `Grpc-Metadata-*` headers.
-fn json_response(route: &Route, response: tonic::Response<DynamicMessage>) -> Result<Response, GatewayError> {
-    let (metadata, message, _) = response.into_parts();
+/// A unary answer (the response message's wire bytes) as proto3 JSON, or the raw bytes of a
+/// google.api.HttpBody answer, with the upstream's response metadata as `Grpc-Metadata-*` headers.
+fn json_response(route: &Route, response: tonic::Response<Bytes>) -> Result<Response, GatewayError> {
+    let (metadata, wire, _) = response.into_parts();
+    let descriptor = &route.grpc.response;
     let mut response = if route.raw_response_body {
+        let message = transcode::decode_answer(descriptor, &wire)?;
         let (content_type, data) = http_body::response_parts(route, &message);
         let mut response = Response::new(Body::from(data));
         response.headers_mut().insert(header::CONTENT_TYPE, raw_content_type(&content_type));
         response
     } else {
-        let json = transcode::response_json(route, &message)?;
+        let json = transcode::wire_response_json(route, descriptor, &wire)?;
         let mut response = Response::new(Body::from(json));
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         response

@@ -16,7 +16,7 @@ use tonic::transport::Uri;
 
 use crate::upstream::balancer::{Balancer, NoEndpoint};
 use crate::upstream::call::{self, Attempts, CallError, CallOptions, GrpcMethod, RequestReplay, StreamItem};
-use crate::upstream::codec;
+use crate::upstream::codec::{self, WireCodec};
 use crate::upstream::discovery::{self, MIN_RERESOLVE_INTERVAL, Target, TargetError};
 use crate::upstream::dns::DnsResolver;
 use crate::upstream::endpoint::{EndpointSnapshot, Lease, unix_secs};
@@ -163,7 +163,7 @@ impl Upstream {
         Ok(Self { inner })
     }
 
-    /// A unary call.
+    /// A unary call; the answer is the response message's wire bytes, which the caller decodes or prints.
     ///
     /// # Errors
     ///
@@ -173,7 +173,7 @@ impl Upstream {
         method: &GrpcMethod,
         options: &CallOptions,
         message: Bytes,
-    ) -> Result<tonic::Response<DynamicMessage>, CallError> {
+    ) -> Result<tonic::Response<Bytes>, CallError> {
         let (response, _lease) =
             call::with_retries(&*self.inner, &method.label, options, None, |lease, metadata, time_left| {
                 let connection = match lease.direct() {
@@ -185,11 +185,11 @@ impl Upstream {
                     match connection {
                         Ok(direct) => {
                             let metadata = call::request(metadata, (), time_left).into_parts().0;
-                            direct.unary(&method.path, metadata, &message, &method.response).await
+                            direct.unary(&method.path, metadata, &message).await
                         }
                         Err(channel) => {
                             let request = call::request(metadata, Ok(message), time_left);
-                            call::ready_client(channel).await?.unary(request, method.path.clone(), method.codec()).await
+                            call::ready_client(channel).await?.unary(request, method.path.clone(), WireCodec).await
                         }
                     }
                 }
@@ -231,13 +231,13 @@ impl Upstream {
         method: &GrpcMethod,
         options: &CallOptions,
         messages: mpsc::Receiver<StreamItem>,
-    ) -> Result<tonic::Response<DynamicMessage>, CallError> {
+    ) -> Result<tonic::Response<Bytes>, CallError> {
         let replay = RequestReplay::new(messages);
         let (response, _lease) =
             call::with_retries(&*self.inner, &method.label, options, Some(&replay), |lease, metadata, time_left| {
                 let request = call::request(metadata, replay.stream(), time_left);
-                let (path, codec, channel) = (method.path.clone(), method.codec(), lease.channel());
-                async move { call::ready_client(channel).await?.client_streaming(request, path, codec).await }
+                let (path, channel) = (method.path.clone(), lease.channel());
+                async move { call::ready_client(channel).await?.client_streaming(request, path, WireCodec).await }
             })
             .await?;
         Ok(response)

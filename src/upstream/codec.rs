@@ -1,7 +1,9 @@
-//! A tonic codec for messages known only at run time: requests go out already encoded (so a retry resends the
-//! same bytes), responses are decoded as `prost_reflect::DynamicMessage`s of the RPC's output type.
+//! tonic codecs for messages known only at run time: requests go out already encoded (so a retry resends the
+//! same bytes); a stream's responses are decoded as `prost_reflect::DynamicMessage`s of the RPC's output type
+//! ([`DynamicCodec`]), a unary answer is handed over as its wire bytes ([`WireCodec`]), which the gateway
+//! prints as JSON straight from them.
 
-use bytes::{BufMut, Bytes};
+use bytes::{Buf, BufMut, Bytes};
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -50,6 +52,37 @@ impl Codec for DynamicCodec {
 
     fn decoder(&mut self) -> Self::Decoder {
         DynamicDecoder { response: self.response.clone(), buffers: self.buffers }
+    }
+}
+
+/// Sends encoded requests, as [`DynamicCodec`] does; hands each response over undecoded, as its wire bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WireCodec;
+
+impl Codec for WireCodec {
+    type Encode = Result<Bytes, Status>;
+    type Decode = Bytes;
+    type Encoder = DynamicEncoder;
+    type Decoder = WireDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        DynamicEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        WireDecoder
+    }
+}
+
+#[derive(Debug)]
+pub struct WireDecoder;
+
+impl Decoder for WireDecoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }
 

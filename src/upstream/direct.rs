@@ -23,7 +23,6 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use h2::client::SendRequest;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Uri, header};
-use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tokio::net::TcpStream;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
@@ -84,7 +83,7 @@ impl DirectConnection {
         self.lock().as_ref().is_some_and(|live| !live.closed.load(Ordering::Acquire))
     }
 
-    /// Calls `path` with the encoded `message`, and decodes the answer as a `response`.
+    /// Calls `path` with the encoded `message`, and returns the answer's message as its wire bytes.
     ///
     /// # Errors
     ///
@@ -94,8 +93,7 @@ impl DirectConnection {
         path: &PathAndQuery,
         metadata: MetadataMap,
         message: &Bytes,
-        response: &MessageDescriptor,
-    ) -> Result<tonic::Response<DynamicMessage>, Status> {
+    ) -> Result<tonic::Response<Bytes>, Status> {
         let frame = framed(message)?;
         let request = self.request(path, metadata)?;
         let (mut sender, closed) = self.ready_sender().await?;
@@ -112,7 +110,7 @@ impl DirectConnection {
         };
         body.send_data(frame, true).map_err(Status::from)?;
         let answer = answer.await.map_err(Status::from)?;
-        read_answer(answer, response).await
+        read_answer(answer).await
     }
 
     fn request(&self, path: &PathAndQuery, metadata: MetadataMap) -> Result<http::Request<()>, Status> {
@@ -298,10 +296,7 @@ fn framed(message: &Bytes) -> Result<Bytes, Status> {
 }
 
 /// Reads a unary answer: headers, one message, trailers.
-async fn read_answer(
-    answer: http::Response<h2::RecvStream>,
-    response: &MessageDescriptor,
-) -> Result<tonic::Response<DynamicMessage>, Status> {
+async fn read_answer(answer: http::Response<h2::RecvStream>) -> Result<tonic::Response<Bytes>, Status> {
     let (parts, mut body) = answer.into_parts();
     if let Some(status) = Status::from_header_map(&parts.headers) {
         // A trailers-only answer: the status is all there is.
@@ -338,13 +333,11 @@ async fn read_answer(
         }
     }
     let message = message.ok_or_else(|| Status::internal("Missing response message."))?;
-    let decoded = DynamicMessage::decode(response.clone(), message)
-        .map_err(|e| Status::internal(format!("upstream sent an undecodable {}: {e}", response.full_name())))?;
     let mut metadata = parts.headers;
     if let Some(trailers) = trailers {
         merge(&mut metadata, trailers);
     }
-    Ok(tonic::Response::from_parts(MetadataMap::from_headers(metadata), decoded, tonic::Extensions::default()))
+    Ok(tonic::Response::from_parts(MetadataMap::from_headers(metadata), message, tonic::Extensions::default()))
 }
 
 /// The next whole message in `buffer`, taken out of it.

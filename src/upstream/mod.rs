@@ -26,7 +26,7 @@ pub mod tls;
 
 pub use call::{CallError, CallOptions, GrpcMethod};
 pub use cluster::{Upstream, UpstreamSnapshot};
-pub use codec::DynamicCodec;
+pub use codec::{DynamicCodec, WireCodec};
 pub use endpoint::Lease;
 pub use pool::PoolConfig;
 

@@ -57,7 +57,7 @@ pub fn write_message(out: &mut Vec<u8>, message: &DynamicMessage) -> Result<(), 
 }
 
 /// The well-known types whose JSON is not an object of their fields.
-fn is_special_well_known_type(name: &str) -> bool {
+pub(super) fn is_special_well_known_type(name: &str) -> bool {
     matches!(
         name,
         "Any"
@@ -86,7 +86,8 @@ fn separator(out: &mut Vec<u8>, first: &mut bool) {
     }
 }
 
-fn value(out: &mut Vec<u8>, value: &Value, kind: &Kind) -> Result<(), serde_json::Error> {
+/// One value of a field of `kind` (a list's or a map's kind is its elements').
+pub(super) fn value(out: &mut Vec<u8>, value: &Value, kind: &Kind) -> Result<(), serde_json::Error> {
     match value {
         Value::Bool(value) => out.extend_from_slice(if *value { b"true" } else { b"false" }),
         Value::I32(value) => write_display(out, value),
@@ -169,7 +170,7 @@ fn non_finite(out: &mut Vec<u8>, value: f64) {
 }
 
 /// A JSON string, escaped as serde_json escapes it.
-fn string(out: &mut Vec<u8>, text: &str) -> Result<(), serde_json::Error> {
+pub(super) fn string(out: &mut Vec<u8>, text: &str) -> Result<(), serde_json::Error> {
     serde_json::Serializer::new(&mut *out).serialize_str(text)
 }
 
@@ -183,9 +184,13 @@ fn seconds_and_nanos(message: &DynamicMessage) -> Option<(i64, i32)> {
 /// `"1972-01-01T10:00:20.021Z"` (RFC 3339 in UTC, with 0, 3, 6 or 9 fractional digits); false, printing
 /// nothing, for a timestamp outside 0001-01-01 to 9999-12-31 or with nanos outside 0..1e9.
 fn timestamp(out: &mut Vec<u8>, message: &DynamicMessage) -> bool {
+    seconds_and_nanos(message).is_some_and(|(seconds, nanos)| timestamp_at(out, seconds, nanos))
+}
+
+/// A Timestamp of `seconds` and `nanos`, as [`timestamp`] prints it.
+pub(super) fn timestamp_at(out: &mut Vec<u8>, seconds: i64, nanos: i32) -> bool {
     /// 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z.
     const RANGE: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
-    let Some((seconds, nanos)) = seconds_and_nanos(message) else { return false };
     if !RANGE.contains(&seconds) || !(0..1_000_000_000).contains(&nanos) {
         return false;
     }
@@ -198,8 +203,12 @@ fn timestamp(out: &mut Vec<u8>, message: &DynamicMessage) -> bool {
 
 /// `"-1.500s"`; false, printing nothing, outside ±10,000 years or when seconds and nanos differ in sign.
 fn duration(out: &mut Vec<u8>, message: &DynamicMessage) -> bool {
+    seconds_and_nanos(message).is_some_and(|(seconds, nanos)| duration_at(out, seconds, nanos))
+}
+
+/// A Duration of `seconds` and `nanos`, as [`duration`] prints it.
+pub(super) fn duration_at(out: &mut Vec<u8>, seconds: i64, nanos: i32) -> bool {
     const MAX_SECONDS: u64 = 315_576_000_000;
-    let Some((seconds, nanos)) = seconds_and_nanos(message) else { return false };
     let mixed_signs = (seconds < 0 && nanos > 0) || (seconds > 0 && nanos < 0);
     if seconds.unsigned_abs() > MAX_SECONDS || nanos.unsigned_abs() >= 1_000_000_000 || mixed_signs {
         return false;
@@ -226,7 +235,7 @@ fn fraction(out: &mut Vec<u8>, nanos: u32) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::path::Path;
     use std::sync::LazyLock;
 
@@ -237,7 +246,7 @@ mod tests {
 
     /// The conformance test's messages: every scalar, enums, maps, oneofs, `optional`, nesting and every
     /// well-known type.
-    static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
+    pub(in crate::gateway::transcode) static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let files = protox::compile(
             [root.join("tests/protos/conformance/conformance.proto")],
@@ -259,7 +268,11 @@ mod tests {
         Ok(out)
     }
 
-    fn random_message(descriptor: &MessageDescriptor, rng: &mut fastrand::Rng, depth: u32) -> DynamicMessage {
+    pub(in crate::gateway::transcode) fn random_message(
+        descriptor: &MessageDescriptor,
+        rng: &mut fastrand::Rng,
+        depth: u32,
+    ) -> DynamicMessage {
         let mut message = DynamicMessage::new(descriptor.clone());
         if matches!(descriptor.full_name(), "google.protobuf.Timestamp" | "google.protobuf.Duration") {
             let seconds = [0, -1, 1, -62_135_596_800, 253_402_300_799, -62_135_596_801, 253_402_300_800, i64::MIN]

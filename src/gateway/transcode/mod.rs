@@ -9,8 +9,9 @@
 //! unpopulated fields emitted, so every response has the same shape.
 //!
 //! One file per job: `body.rs` (JSON bodies), `field_mask.rs` (PATCH masks from the body's keys), `query.rs`
-//! (query parameters and path values as scalars), `response.rs` (JSON out), `http_body.rs`
-//! (google.api.HttpBody, raw bytes both ways); this module puts a request together.
+//! (query parameters and path values as scalars), `response.rs` (JSON out, printed by `json_out.rs` from a
+//! decoded message or by `wire_json.rs` straight from an answer's bytes), `http_body.rs` (google.api.HttpBody,
+//! raw bytes both ways); this module puts a request together.
 
 mod body;
 mod field_mask;
@@ -18,6 +19,7 @@ pub mod http_body;
 mod json_out;
 mod query;
 mod response;
+mod wire_json;
 
 use std::collections::HashSet;
 
@@ -30,7 +32,7 @@ use crate::gateway::template::PathMatch;
 
 pub use body::parse_message;
 pub use query::{query_parameter_names, query_parameters, scalar_value};
-pub use response::{JsonMessage, message_json, response_json};
+pub use response::{JsonMessage, decode_answer, message_json, response_json, wire_response_json};
 
 /// What to do with query parameters that name no field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

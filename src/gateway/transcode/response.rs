@@ -1,8 +1,8 @@
 //! Responses as canonical proto3 JSON: the whole message or its `response_body` field.
 
-use prost_reflect::{DynamicMessage, Value};
+use prost_reflect::{DynamicMessage, MessageDescriptor, Value};
 
-use super::SERIALIZE;
+use super::{SERIALIZE, wire_json};
 use crate::gateway::error::GatewayError;
 use crate::gateway::rules::{ResponseBody, Route};
 
@@ -21,6 +21,39 @@ pub fn response_json(route: &Route, message: &DynamicMessage) -> Result<Vec<u8>,
             }
         },
     }
+}
+
+/// The JSON body of a unary answer from its wire bytes (`descriptor` is the RPC's output type), as
+/// [`response_json`] prints the decoded message: straight from the bytes where `wire_json.rs` can, else
+/// decoded first.
+///
+/// # Errors
+///
+/// Bytes that do not decode as `descriptor` (an upstream fault, 500), or a value proto3 JSON cannot hold.
+pub fn wire_response_json(route: &Route, descriptor: &MessageDescriptor, wire: &[u8]) -> Result<Vec<u8>, GatewayError> {
+    let mut out = Vec::with_capacity(256);
+    let printed = match &route.response_body {
+        ResponseBody::Whole => wire_json::write_message(&mut out, descriptor, wire),
+        ResponseBody::Field(field) => wire_json::write_field(&mut out, descriptor, field, wire),
+    };
+    if printed.is_ok() {
+        return Ok(out);
+    }
+    response_json(route, &decode_answer(descriptor, wire)?)
+}
+
+/// An answer's wire bytes decoded as a `descriptor` message.
+///
+/// # Errors
+///
+/// Bytes that do not decode: the upstream's fault, a 500 that says what it sent.
+pub fn decode_answer(descriptor: &MessageDescriptor, wire: &[u8]) -> Result<DynamicMessage, GatewayError> {
+    DynamicMessage::decode(descriptor.clone(), wire).map_err(|e| {
+        GatewayError::Upstream(tonic::Status::internal(format!(
+            "upstream sent an undecodable {}: {e}",
+            descriptor.full_name()
+        )))
+    })
 }
 
 /// Canonical proto3 JSON of a message (see `json_out.rs`).
