@@ -20,6 +20,8 @@ const UNIQUE_PER_REQUEST: [&str; 2] = ["x-request-id", "traceparent"];
 const METADATA_PREFIX: &str = "grpc-metadata-";
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+// Header names as constants rather than `&str`s: a `&str` key is parsed and checked on every lookup.
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 /// Keys that belong to HTTP/2 and gRPC framing, never to an application: forwarded from
 /// `Grpc-Metadata-<key>`, they would corrupt the upstream request (e.g. a bogus content-length).
 const RESERVED: [&str; 10] = [
@@ -64,7 +66,7 @@ pub fn request_metadata(headers: &HeaderMap, peer: Option<SocketAddr>) -> Result
             from_prefix.push((stripped, value));
         }
     }
-    let previous = headers.get("x-forwarded-for").filter(|v| v.to_str().is_ok());
+    let previous = headers.get(&X_FORWARDED_FOR).filter(|v| v.to_str().is_ok());
     let forwarded_for = match (previous, peer) {
         (Some(previous), Some(peer)) => {
             let mut value = previous.as_bytes().to_vec();
@@ -131,7 +133,7 @@ pub fn response_headers(metadata: MetadataMap, headers: &mut HeaderMap) {
 /// and a unit of H, M, S, m, u or n). A malformed or zero timeout is the client's mistake, a 400, rather than
 /// silently no deadline or a deadline that has already expired.
 pub fn client_timeout(headers: &HeaderMap) -> Result<Option<Duration>, GatewayError> {
-    let Some(value) = headers.get("grpc-timeout") else { return Ok(None) };
+    let Some(value) = headers.get(&GRPC_TIMEOUT) else { return Ok(None) };
     let text = value.to_str().unwrap_or_default();
     parse_grpc_timeout(text).map(Some).ok_or_else(|| {
         GatewayError::BadRequest(format!(

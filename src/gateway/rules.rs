@@ -11,7 +11,8 @@ use http::uri::PathAndQuery;
 use prost_reflect::{DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MethodDescriptor, Value};
 
 use crate::gateway::template::{PathMatch, PathTemplate, TemplateError};
-use crate::gateway::transcode::http_body;
+use crate::gateway::transcode::{MessagePlan, http_body};
+use crate::telemetry::metrics::RouteHandles;
 use crate::upstream::GrpcMethod;
 
 /// Where the HTTP request body goes.
@@ -80,6 +81,10 @@ pub struct Route {
     pub raw_request_body: bool,
     /// The answer is a `google.api.HttpBody` (the response, or the response_body field), written raw.
     pub raw_response_body: bool,
+    /// How a unary answer is printed straight from its wire bytes (`transcode/wire_json.rs`).
+    pub response_plan: Arc<MessagePlan>,
+    /// Its request metrics' handles, found once per method and status rather than on every request.
+    pub metrics: Arc<RouteHandles>,
 }
 
 impl Route {
@@ -489,6 +494,8 @@ fn route(rpc: &MethodDescriptor, binding: HttpBinding, kind: CallKind, sse: SseO
         cluster: 0,
         raw_request_body,
         raw_response_body,
+        response_plan: Arc::new(MessagePlan::new(&output)),
+        metrics: Arc::default(),
     })
 }
 

@@ -21,12 +21,14 @@ use prometheus_client::metrics::gauge::Gauge;
 use tower::{Layer, Service};
 
 use crate::gateway::handler::RoutedRpc;
+use crate::gateway::rules::Route;
 use crate::telemetry::metrics::{self, RequestLabels, RouteLabels};
 use crate::telemetry::spans::RequestSpan;
 use crate::telemetry::{access_log, traces};
 
 /// The request id header, set (or kept from the client) by the layer in front of this one.
-const REQUEST_ID: &str = "x-request-id";
+/// A constant name, not a `&str`: a `&str` key is parsed and checked on every lookup.
+const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// The route label of a request that matched no route.
 static UNMATCHED: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("unmatched"));
@@ -89,7 +91,7 @@ where
         }
         // What the request line needs from the request: a reference count on the path, a copy of the id.
         let logged = access_log::enabled()
-            .then(|| (request.uri().clone(), request.headers().get(REQUEST_ID).cloned(), request.method().clone()));
+            .then(|| (request.uri().clone(), request.headers().get(&REQUEST_ID).cloned(), request.method().clone()));
         let gateway = metrics::gateway();
         gateway.requests_in_flight.inc();
         let in_flight = InFlight(gateway.requests_in_flight.clone());
@@ -141,6 +143,7 @@ where
                 InFlight(gauge)
             });
             let finished = Finished {
+                route: routed.map(|routed| routed.0),
                 started,
                 labels: RequestLabels { method, route, status: status.as_u16() },
                 route_labels,
@@ -242,6 +245,8 @@ impl http_body::Body for CountedRequestBody {
 /// What is recorded when the response body is done with (ended, or dropped because the client left): the
 /// metrics, and the end of the span.
 struct Finished {
+    /// The route it took, whose metric handles are cached; None for requests that matched none.
+    route: Option<Arc<Route>>,
     started: Instant,
     labels: RequestLabels,
     route_labels: RouteLabels,
@@ -256,11 +261,26 @@ struct Finished {
 impl Drop for Finished {
     fn drop(&mut self) {
         let gateway = metrics::gateway();
-        gateway.request_duration.get_or_create(&self.labels).observe(metrics::seconds(self.started.elapsed()));
-        gateway.response_bytes.get_or_create(&self.route_labels).inc_by(self.response_bytes);
-        if let Some(count) = &self.request_bytes {
-            let read = count.0.load(std::sync::atomic::Ordering::Relaxed);
-            gateway.request_bytes.get_or_create(&self.route_labels).inc_by(read);
+        let seconds = metrics::seconds(self.started.elapsed());
+        let method = &self.labels.method;
+        let read = self.request_bytes.as_ref().map(|count| count.0.load(std::sync::atomic::Ordering::Relaxed));
+        if let Some(route) = &self.route {
+            let handles = &route.metrics;
+            let status = (method.clone(), self.labels.status);
+            let duration = || gateway.request_duration.get_or_create_owned(&self.labels);
+            handles.duration.get_or_create(&status, duration).observe(seconds);
+            let sent = || gateway.response_bytes.get_or_create_owned(&self.route_labels);
+            handles.response_bytes.get_or_create(method, sent).inc_by(self.response_bytes);
+            if let Some(read) = read {
+                let counter = || gateway.request_bytes.get_or_create_owned(&self.route_labels);
+                handles.request_bytes.get_or_create(method, counter).inc_by(read);
+            }
+        } else {
+            gateway.request_duration.get_or_create(&self.labels).observe(seconds);
+            gateway.response_bytes.get_or_create(&self.route_labels).inc_by(self.response_bytes);
+            if let Some(read) = read {
+                gateway.request_bytes.get_or_create(&self.route_labels).inc_by(read);
+            }
         }
         if let Some(span) = &self.span {
             span.end();

@@ -102,6 +102,60 @@ fn to_prometheus_text(open_metrics: &str) -> String {
     text
 }
 
+/// How many label sets a [`HandleCache`] keeps; past that, the family is asked each time.
+const HANDLE_CACHE_CAPACITY: usize = 32;
+
+/// Metric handles by label values, kept beside what the labels describe (a route, an endpoint), so that a
+/// request finds its handle without the family's lookup, which hashes every label and takes the family's
+/// lock (a few hundred instructions, and a write to a cache line every worker thread shares).
+///
+/// A handle is the family's own child (same counters), so scrapes see what it records. Reading is lock-free
+/// (arc-swap); a new key copies the short list. Label values that do not grow with traffic (methods,
+/// statuses, codes) keep it small; [`HANDLE_CACHE_CAPACITY`] bounds it all the same.
+pub struct HandleCache<K, M> {
+    entries: arc_swap::ArcSwap<Vec<(K, M)>>,
+}
+
+impl<K, M> Default for HandleCache<K, M> {
+    fn default() -> Self {
+        Self { entries: arc_swap::ArcSwap::from_pointee(Vec::new()) }
+    }
+}
+
+impl<K, M> std::fmt::Debug for HandleCache<K, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandleCache").field("entries", &self.entries.load().len()).finish()
+    }
+}
+
+impl<K: PartialEq + Clone, M: Clone> HandleCache<K, M> {
+    /// The handle for `key`: the cached one, else `create`'s (the family's child), kept for next time.
+    pub fn get_or_create(&self, key: &K, create: impl FnOnce() -> M) -> M {
+        if let Some((_, handle)) = self.entries.load().iter().find(|(cached, _)| cached == key) {
+            return handle.clone();
+        }
+        let handle = create();
+        if self.entries.load().len() < HANDLE_CACHE_CAPACITY {
+            self.entries.rcu(|entries| {
+                let mut entries = Vec::clone(entries);
+                if !entries.iter().any(|(cached, _)| cached == key) {
+                    entries.push((key.clone(), handle.clone()));
+                }
+                entries
+            });
+        }
+        handle
+    }
+}
+
+/// A route's request metrics, by method and status (see [`HandleCache`]).
+#[derive(Debug, Default)]
+pub struct RouteHandles {
+    pub duration: HandleCache<(Cow<'static, str>, u16), Histogram>,
+    pub request_bytes: HandleCache<Cow<'static, str>, Counter>,
+    pub response_bytes: HandleCache<Cow<'static, str>, Counter>,
+}
+
 /// Latency buckets from 0.5 ms to about 33 s, doubling: covers a cache-speed lookup and a slow upstream alike.
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 17))
@@ -416,4 +470,43 @@ pub async fn serve() -> axum::response::Response {
 /// A router serving only `GET /metrics`: the admin listener of a process without a gateway.
 pub fn router() -> axum::Router {
     axum::Router::new().route("/metrics", axum::routing::get(serve))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    #[test]
+    fn cached_handles_are_the_familys_children_and_the_cache_stays_bounded() {
+        let family: Family<RouteLabels, Counter> = Family::default();
+        let cache: HandleCache<Cow<'static, str>, Counter> = HandleCache::default();
+        let labels = |method: &'static str| RouteLabels { method: Cow::Borrowed(method), route: Arc::from("/v1/x") };
+        let asked = Cell::new(0);
+        let handle = |method: &'static str| {
+            cache.get_or_create(&Cow::Borrowed(method), || {
+                asked.set(asked.get() + 1);
+                family.get_or_create_owned(&labels(method))
+            })
+        };
+        handle("GET").inc_by(2);
+        handle("GET").inc_by(3);
+        handle("POST").inc();
+        assert_eq!(asked.get(), 2, "the family is asked once per key");
+        assert_eq!(family.get_or_create(&labels("GET")).get(), 5, "what the handle counts, the family shows");
+        assert_eq!(family.get_or_create(&labels("POST")).get(), 1);
+
+        // Past the capacity, keys are not kept: the family is asked each time, and counts stay right.
+        let names: Vec<&'static str> =
+            (0..HANDLE_CACHE_CAPACITY + 5).map(|n| &*Box::leak(format!("M{n}").into_boxed_str())).collect();
+        for name in &names {
+            handle(name).inc();
+        }
+        assert_eq!(cache.entries.load().len(), HANDLE_CACHE_CAPACITY);
+        let before = asked.get();
+        handle(names[names.len() - 1]).inc();
+        assert_eq!(asked.get(), before + 1, "a key past the capacity goes to the family");
+        assert_eq!(family.get_or_create(&labels(names[names.len() - 1])).get(), 2);
+    }
 }

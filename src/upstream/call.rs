@@ -311,6 +311,8 @@ pub async fn ready_client(channel: Channel) -> Result<Grpc<Channel>, Status> {
 struct ObservedAttempt {
     span: crate::telemetry::grpc::ClientSpan,
     labels: AttemptLabels,
+    /// The endpoint, which keeps the attempt histograms' handles.
+    endpoint: Arc<crate::upstream::endpoint::Endpoint>,
     started: std::time::Instant,
 }
 
@@ -324,6 +326,7 @@ impl ObservedAttempt {
                 rpc: Arc::clone(rpc),
                 code: "OK",
             },
+            endpoint: Arc::clone(lease.endpoint()),
             started: std::time::Instant::now(),
         }
     }
@@ -336,10 +339,10 @@ impl ObservedAttempt {
         };
         self.span.finish(code);
         self.labels.code = crate::user_service::code_name(code);
-        crate::telemetry::metrics::upstream()
-            .attempt_duration
-            .get_or_create(&self.labels)
-            .observe(crate::telemetry::metrics::seconds(self.started.elapsed()));
+        let key = (Arc::clone(&self.labels.cluster), Arc::clone(&self.labels.rpc), self.labels.code);
+        let create = || crate::telemetry::metrics::upstream().attempt_duration.get_or_create_owned(&self.labels);
+        let histogram = self.endpoint.attempt_histograms().get_or_create(&key, create);
+        histogram.observe(crate::telemetry::metrics::seconds(self.started.elapsed()));
     }
 }
 

@@ -323,7 +323,8 @@ async fn read_answer(answer: http::Response<h2::RecvStream>) -> Result<tonic::Re
     let trailers = body.trailers().await.map_err(Status::from)?;
     // The common answer, `grpc-status: 0`, is read as it is: tonic's parser copies the whole trailer map into
     // the status's metadata before the code can be looked at.
-    let ok = trailers.as_ref().and_then(|trailers| trailers.get("grpc-status")).is_some_and(|code| code == "0");
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    let ok = trailers.as_ref().and_then(|trailers| trailers.get(&GRPC_STATUS)).is_some_and(|code| code == "0");
     if !ok {
         let status = trailers.as_ref().and_then(Status::from_header_map).unwrap_or_else(|| {
             Status::unknown("protocol error: missing grpc-status trailer, stream was terminated without a final status")

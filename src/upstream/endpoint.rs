@@ -6,10 +6,12 @@ use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
+use prometheus_client::metrics::histogram::Histogram;
 use serde::Serialize;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Uri};
 
+use crate::telemetry::metrics::HandleCache;
 use crate::upstream::breaker::{Admission, BreakerConfig, BreakerState, SharedBreaker};
 use crate::upstream::pool::{ConnectionPool, PoolConfig};
 
@@ -78,6 +80,8 @@ pub struct Endpoint {
     requests: AtomicU64,
     failures: AtomicU64,
     recent_errors: Mutex<VecDeque<RecentError>>,
+    /// Handles of the attempt-duration histogram, by cluster, RPC and code (see `HandleCache`).
+    attempt_histograms: HandleCache<(Arc<str>, Arc<str>, &'static str), Histogram>,
 }
 
 impl Endpoint {
@@ -93,6 +97,7 @@ impl Endpoint {
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             recent_errors: Mutex::new(VecDeque::new()),
+            attempt_histograms: HandleCache::default(),
         }
     }
 
@@ -103,6 +108,11 @@ impl Endpoint {
     /// The address as a metric label value.
     pub fn label(&self) -> &Arc<String> {
         &self.label
+    }
+
+    /// The attempt-duration histograms of calls to this endpoint, by cluster, RPC and code.
+    pub fn attempt_histograms(&self) -> &HandleCache<(Arc<str>, Arc<str>, &'static str), Histogram> {
+        &self.attempt_histograms
     }
 
     pub fn health(&self) -> Health {

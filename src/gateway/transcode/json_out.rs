@@ -90,10 +90,18 @@ fn separator(out: &mut Vec<u8>, first: &mut bool) {
 pub(super) fn value(out: &mut Vec<u8>, value: &Value, kind: &Kind) -> Result<(), serde_json::Error> {
     match value {
         Value::Bool(value) => out.extend_from_slice(if *value { b"true" } else { b"false" }),
-        Value::I32(value) => write_display(out, value),
-        Value::U32(value) => write_display(out, value),
-        Value::I64(value) => quoted(out, value),
-        Value::U64(value) => quoted(out, value),
+        Value::I32(value) => signed(out, i64::from(*value)),
+        Value::U32(value) => decimal(out, u64::from(*value), 1),
+        Value::I64(value) => {
+            out.push(b'"');
+            signed(out, *value);
+            out.push(b'"');
+        }
+        Value::U64(value) => {
+            out.push(b'"');
+            decimal(out, *value, 1);
+            out.push(b'"');
+        }
         Value::F32(value) if value.is_finite() => serde_json::Serializer::new(&mut *out).serialize_f32(*value)?,
         Value::F64(value) if value.is_finite() => serde_json::Serializer::new(&mut *out).serialize_f64(*value)?,
         Value::F32(value) => non_finite(out, f64::from(*value)),
@@ -148,6 +156,14 @@ pub(super) fn value(out: &mut Vec<u8>, value: &Value, kind: &Kind) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// An integer in decimal, without going through `core::fmt` (a few hundred instructions a number).
+fn signed(out: &mut Vec<u8>, value: i64) {
+    if value < 0 {
+        out.push(b'-');
+    }
+    decimal(out, value.unsigned_abs(), 1);
 }
 
 fn write_display(out: &mut Vec<u8>, value: &impl std::fmt::Display) {

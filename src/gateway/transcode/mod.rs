@@ -33,6 +33,7 @@ use crate::gateway::template::PathMatch;
 pub use body::parse_message;
 pub use query::{query_parameter_names, query_parameters, scalar_value};
 pub use response::{JsonMessage, decode_answer, message_json, response_json, wire_response_json};
+pub use wire_json::MessagePlan;
 
 /// What to do with query parameters that name no field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

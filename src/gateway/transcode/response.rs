@@ -24,8 +24,8 @@ pub fn response_json(route: &Route, message: &DynamicMessage) -> Result<Vec<u8>,
 }
 
 /// The JSON body of a unary answer from its wire bytes (`descriptor` is the RPC's output type), as
-/// [`response_json`] prints the decoded message: straight from the bytes where `wire_json.rs` can, else
-/// decoded first.
+/// [`response_json`] prints the decoded message: straight from the bytes with the route's plan where
+/// `wire_json.rs` can, else decoded first.
 ///
 /// # Errors
 ///
@@ -33,8 +33,8 @@ pub fn response_json(route: &Route, message: &DynamicMessage) -> Result<Vec<u8>,
 pub fn wire_response_json(route: &Route, descriptor: &MessageDescriptor, wire: &[u8]) -> Result<Vec<u8>, GatewayError> {
     let mut out = Vec::with_capacity(256);
     let printed = match &route.response_body {
-        ResponseBody::Whole => wire_json::write_message(&mut out, descriptor, wire),
-        ResponseBody::Field(field) => wire_json::write_field(&mut out, descriptor, field, wire),
+        ResponseBody::Whole => wire_json::write_message(&mut out, &route.response_plan, wire),
+        ResponseBody::Field(field) => wire_json::write_field(&mut out, &route.response_plan, field.number(), wire),
     };
     if printed.is_ok() {
         return Ok(out);

@@ -4,7 +4,9 @@
 //! messages that is dropped at once: for a user, more instructions than printing it. This writer reads the
 //! fields where they lie in the bytes and prints each with `json_out`'s rules (the same value printers), so
 //! the output is byte for byte what decoding and printing gives; a differential property test holds it to
-//! that, on random messages and on concatenations of them (which protobuf reads as one merged message).
+//! that, on random messages, on concatenations of them (which protobuf reads as one merged message) and on
+//! damaged bytes. What it needs from the descriptors is read once per route into a [`MessagePlan`]:
+//! prost-reflect's accessors look a field up again, and clone the pool's handle, on every call.
 //!
 //! It prints the common shapes and declines the rest with [`Unsupported`], and the caller then decodes and
 //! prints the general way. Declined: bytes that are malformed in any way (so that prost reports the error as
@@ -14,7 +16,10 @@
 //!
 //! Protobuf's reading rules that shape the output: the last occurrence of a singular scalar wins; repeated
 //! fields append every occurrence, packed or not; a oneof holds only the member that occurred last; a field
-//! with presence is printed only when it occurs, one without is printed at its default when absent.
+//! with presence is printed only when it occurs, one without is printed at its default when absent. Every
+//! occurrence is read, printed or not, so that bytes prost would refuse are declined here too.
+
+use std::sync::{Arc, OnceLock};
 
 use base64::Engine as _;
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor, Value};
@@ -29,32 +34,132 @@ pub struct Unsupported;
 /// How deep messages may nest: prost's decoder refuses deeper ones.
 const RECURSION_LIMIT: u32 = 100;
 
-/// Writes the `descriptor` message encoded in `wire` as proto3 JSON. On [`Unsupported`], `out` is as it was.
-pub fn write_message(out: &mut Vec<u8>, descriptor: &MessageDescriptor, wire: &[u8]) -> Result<(), Unsupported> {
+/// What printing one message type needs from its descriptor, read once.
+#[derive(Debug)]
+pub struct MessagePlan {
+    shape: Shape,
+}
+
+#[derive(Debug)]
+enum Shape {
+    Timestamp,
+    Duration,
+    /// Well-known types other than Timestamp and Duration, and messages with extensions.
+    Declined,
+    /// An object of these fields, in the order the descriptor declares them.
+    Fields(Vec<FieldPlan>),
+}
+
+#[derive(Debug)]
+struct FieldPlan {
+    number: u32,
+    /// `"jsonName":`, escaped.
+    key: Box<[u8]>,
+    kind: Kind,
+    cardinality: Cardinality,
+    /// The numbers of the other members of its oneof: the one that occurs last is the one set.
+    rivals: Box<[u32]>,
+    /// The JSON of its value when it is absent and has no presence: its default, `[]` or `{}`.
+    absent: Box<[u8]>,
+    /// Its message type's plan, made on first use (a recursive type's plan would otherwise never end).
+    message: OnceLock<Arc<MessagePlan>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cardinality {
+    /// Printed only when it occurs (messages, oneof members, `optional`, proto2).
+    Present,
+    /// Printed always, at its default when absent.
+    Implicit,
+    List,
+    Map,
+    /// A group: declined.
+    Group,
+}
+
+impl MessagePlan {
+    /// The plan for `descriptor`'s messages. Its message fields' plans are made as answers need them.
+    pub fn new(descriptor: &MessageDescriptor) -> Self {
+        let shape = match descriptor.full_name().strip_prefix("google.protobuf.") {
+            Some("Timestamp") => Shape::Timestamp,
+            Some("Duration") => Shape::Duration,
+            Some(other) if json_out::is_special_well_known_type(other) => Shape::Declined,
+            _ if descriptor.extensions().len() > 0 => Shape::Declined,
+            _ => Shape::Fields(descriptor.fields().map(|field| FieldPlan::new(&field)).collect()),
+        };
+        Self { shape }
+    }
+}
+
+impl FieldPlan {
+    fn new(field: &FieldDescriptor) -> Self {
+        let kind = field.kind();
+        let cardinality = if field.is_group() {
+            Cardinality::Group
+        } else if field.is_map() {
+            Cardinality::Map
+        } else if field.is_list() {
+            Cardinality::List
+        } else if field.supports_presence() {
+            Cardinality::Present
+        } else {
+            Cardinality::Implicit
+        };
+        let rivals = field
+            .containing_oneof()
+            .map(|oneof| oneof.fields().map(|member| member.number()).filter(|n| *n != field.number()).collect())
+            .unwrap_or_default();
+        let mut key = Vec::new();
+        // Escaping a name into a Vec cannot fail.
+        let _ = json_out::string(&mut key, field.json_name());
+        key.push(b':');
+        let absent = match cardinality {
+            Cardinality::List => b"[]".to_vec(),
+            Cardinality::Map => b"{}".to_vec(),
+            _ => {
+                let mut absent = Vec::new();
+                let _ = json_out::value(&mut absent, &field.default_value(), &kind);
+                absent
+            }
+        };
+        Self {
+            number: field.number(),
+            key: key.into(),
+            kind,
+            cardinality,
+            rivals,
+            absent: absent.into(),
+            message: OnceLock::new(),
+        }
+    }
+
+    /// The plan of its message type; None for a field that is not a message.
+    fn message_plan(&self) -> Option<&MessagePlan> {
+        let Kind::Message(descriptor) = &self.kind else { return None };
+        Some(self.message.get_or_init(|| Arc::new(MessagePlan::new(descriptor))))
+    }
+}
+
+/// Writes the message encoded in `wire` as proto3 JSON. On [`Unsupported`], `out` is as it was.
+pub fn write_message(out: &mut Vec<u8>, plan: &MessagePlan, wire: &[u8]) -> Result<(), Unsupported> {
     let start = out.len();
-    let written = message(out, descriptor, wire, RECURSION_LIMIT);
+    let written = message(out, plan, wire, RECURSION_LIMIT);
     if written.is_err() {
         out.truncate(start);
     }
     written
 }
 
-/// Writes the JSON of one message field of the `descriptor` message encoded in `wire` (a `response_body`),
-/// as printing the message and taking that field's value out of it gives: the whole message is read, so
-/// bytes that would not decode are declined wherever they are. On [`Unsupported`], `out` is as it was.
-pub fn write_field(
-    out: &mut Vec<u8>,
-    descriptor: &MessageDescriptor,
-    field: &FieldDescriptor,
-    wire: &[u8],
-) -> Result<(), Unsupported> {
-    let Kind::Message(inner) = field.kind() else { return Err(Unsupported) };
-    if field.is_list() || field.is_map() || is_well_known(descriptor) {
-        return Err(Unsupported);
-    }
+/// Writes the JSON of the message field `number` of the message encoded in `wire` (a `response_body`), as
+/// printing the decoded field gives: the whole message is read, so bytes that would not decode are declined
+/// wherever they are. On [`Unsupported`], `out` is as it was.
+pub fn write_field(out: &mut Vec<u8>, plan: &MessagePlan, number: u32, wire: &[u8]) -> Result<(), Unsupported> {
+    let Shape::Fields(fields) = &plan.shape else { return Err(Unsupported) };
+    let field = fields.iter().find(|field| field.number == number).ok_or(Unsupported)?;
+    let inner = field.message_plan().filter(|_| field.cardinality == Cardinality::Present).ok_or(Unsupported)?;
     let start = out.len();
     let mut printed_at = None;
-    let written = fields(out, descriptor, wire, RECURSION_LIMIT - 1, Some((field.number(), &mut printed_at)));
+    let written = object(out, fields, wire, RECURSION_LIMIT - 1, Some((number, &mut printed_at)));
     match (written, printed_at) {
         (Ok(()), Some(range)) => {
             out.copy_within(range.clone(), start);
@@ -64,7 +169,7 @@ pub fn write_field(
         // Absent: the field's default, an empty message.
         (Ok(()), None) => {
             out.truncate(start);
-            write_message(out, &inner, &[])
+            write_message(out, inner, &[])
         }
         (Err(unsupported), _) => {
             out.truncate(start);
@@ -92,79 +197,64 @@ enum WireType {
     Fixed32,
 }
 
-fn is_well_known(descriptor: &MessageDescriptor) -> bool {
-    descriptor.full_name().starts_with("google.protobuf.")
-}
-
-fn message(out: &mut Vec<u8>, descriptor: &MessageDescriptor, wire: &[u8], depth: u32) -> Result<(), Unsupported> {
+fn message(out: &mut Vec<u8>, plan: &MessagePlan, wire: &[u8], depth: u32) -> Result<(), Unsupported> {
     let depth = depth.checked_sub(1).ok_or(Unsupported)?;
-    if let Some(well_known) = descriptor.full_name().strip_prefix("google.protobuf.") {
-        let printed = match well_known {
-            "Timestamp" => seconds_and_nanos(wire).is_some_and(|(s, n)| json_out::timestamp_at(out, s, n)),
-            "Duration" => seconds_and_nanos(wire).is_some_and(|(s, n)| json_out::duration_at(out, s, n)),
-            other if json_out::is_special_well_known_type(other) => false,
-            _ => return fields(out, descriptor, wire, depth, None),
-        };
-        return if printed { Ok(()) } else { Err(Unsupported) };
-    }
-    fields(out, descriptor, wire, depth, None)
+    let printed = match &plan.shape {
+        Shape::Fields(fields) => return object(out, fields, wire, depth, None),
+        Shape::Timestamp => seconds_and_nanos(wire).is_some_and(|(s, n)| json_out::timestamp_at(out, s, n)),
+        Shape::Duration => seconds_and_nanos(wire).is_some_and(|(s, n)| json_out::duration_at(out, s, n)),
+        Shape::Declined => false,
+    };
+    if printed { Ok(()) } else { Err(Unsupported) }
 }
 
 /// A field whose printed value's place in the output is wanted, and where to put it.
 type Capture<'a> = Option<(u32, &'a mut Option<std::ops::Range<usize>>)>;
 
-/// A message printed as an object of its fields, in the order the descriptor declares them.
-///
-/// Every occurrence of every known field is read, printed or not (an earlier occurrence that a later one
-/// overrides, a oneof member that another replaced), so that bytes prost would refuse are declined here too.
-fn fields(
+/// A message as an object of its fields.
+fn object(
     out: &mut Vec<u8>,
-    descriptor: &MessageDescriptor,
+    fields: &[FieldPlan],
     wire: &[u8],
     depth: u32,
     mut capture: Capture<'_>,
 ) -> Result<(), Unsupported> {
-    if descriptor.extensions().len() > 0 {
-        return Err(Unsupported);
-    }
     let occurrences = scan(wire)?;
-    let mut overridden = Vec::new();
+    let mut replaced = Vec::new();
     out.push(b'{');
     let mut first = true;
-    for field in descriptor.fields() {
-        let found = of_field(&occurrences, field.number());
-        if field.supports_presence() {
+    for field in fields {
+        let found = of_field(&occurrences, field.number);
+        if matches!(field.cardinality, Cardinality::Present) {
             let Some(last) = found.last() else { continue };
-            if let Some(oneof) = field.containing_oneof() {
-                let replaced = oneof
-                    .fields()
-                    .any(|member| of_field(&occurrences, member.number()).last().is_some_and(|m| m.order > last.order));
-                if replaced {
-                    overridden.push((field, found));
-                    continue;
-                }
+            let later_rival = field
+                .rivals
+                .iter()
+                .any(|rival| of_field(&occurrences, *rival).last().is_some_and(|other| other.order > last.order));
+            if later_rival {
+                replaced.push((field, found));
+                continue;
             }
         }
         if !std::mem::take(&mut first) {
             out.push(b',');
         }
-        json_out::string(out, field.json_name()).map_err(|_| Unsupported)?;
-        out.push(b':');
+        out.extend_from_slice(&field.key);
         let value_start = out.len();
-        field_value(out, &field, found, wire, depth)?;
+        field_value(out, field, found, wire, depth)?;
         if let Some((number, printed_at)) = &mut capture
-            && *number == field.number()
+            && *number == field.number
         {
             **printed_at = Some(value_start..out.len());
         }
     }
     out.push(b'}');
-    // What was read but not printed is still checked, in a scratch buffer.
+    // A oneof member that a later one replaced is not printed, but must still be well-formed.
     let mut scratch = Vec::new();
-    for (field, found) in overridden {
+    for (field, found) in replaced {
         for occurrence in found {
             scratch.clear();
-            field_value(&mut scratch, &field, std::slice::from_ref(occurrence), wire, depth)?;
+            field_value(&mut scratch, field, std::slice::from_ref(occurrence), wire, depth)?;
         }
     }
     Ok(())
@@ -172,82 +262,98 @@ fn fields(
 
 fn field_value(
     out: &mut Vec<u8>,
-    field: &FieldDescriptor,
+    field: &FieldPlan,
     found: &[Occurrence],
     wire: &[u8],
     depth: u32,
 ) -> Result<(), Unsupported> {
-    if field.is_group() {
-        return Err(Unsupported);
-    }
-    let kind = field.kind();
-    if field.is_map() {
+    match field.cardinality {
+        Cardinality::Group => Err(Unsupported),
         // Only an empty map: prost-reflect prints a map's entries in its hash order.
-        if !found.is_empty() {
-            return Err(Unsupported);
+        Cardinality::Map if !found.is_empty() => Err(Unsupported),
+        Cardinality::List if !found.is_empty() => list(out, field, found, wire, depth),
+        Cardinality::Map | Cardinality::List => {
+            out.extend_from_slice(&field.absent);
+            Ok(())
         }
-        out.extend_from_slice(b"{}");
-        return Ok(());
-    }
-    if field.is_list() {
-        out.push(b'[');
-        let mut first = true;
-        for occurrence in found {
-            if occurrence.wire_type == WireType::LengthDelimited && is_packable(&kind) {
-                let packed = &wire[occurrence.payload.clone()];
-                let mut at = 0;
-                while at < packed.len() {
-                    if !std::mem::take(&mut first) {
-                        out.push(b',');
-                    }
-                    let value = scalar(&kind, expected_wire_type(&kind), packed, &mut at)?;
-                    print(out, &value, &kind)?;
-                }
-            } else {
-                if !std::mem::take(&mut first) {
-                    out.push(b',');
-                }
-                single(out, &kind, occurrence, wire, depth)?;
+        Cardinality::Present | Cardinality::Implicit => match found {
+            [] => {
+                out.extend_from_slice(&field.absent);
+                Ok(())
             }
-        }
-        out.push(b']');
-        return Ok(());
-    }
-    match found {
-        [] => print(out, &field.default_value(), &kind),
-        // A message that occurs more than once is the merge of its occurrences.
-        [_, _, ..] if matches!(kind, Kind::Message(_)) => Err(Unsupported),
-        [earlier @ .., last] => {
-            // The last occurrence wins; the earlier ones must still be well-formed.
-            let mut scratch = Vec::new();
-            for occurrence in earlier {
-                single(&mut scratch, &kind, occurrence, wire, depth)?;
-                scratch.clear();
+            // A message that occurs more than once is the merge of its occurrences.
+            [_, _, ..] if matches!(field.kind, Kind::Message(_)) => Err(Unsupported),
+            [earlier @ .., last] => {
+                // The last occurrence wins; the earlier ones must still be well-formed.
+                let mut scratch = Vec::new();
+                for occurrence in earlier {
+                    single(&mut scratch, field, occurrence, wire, depth)?;
+                    scratch.clear();
+                }
+                single(out, field, last, wire, depth)
             }
-            single(out, &kind, last, wire, depth)
-        }
+        },
     }
 }
 
+fn list(
+    out: &mut Vec<u8>,
+    field: &FieldPlan,
+    found: &[Occurrence],
+    wire: &[u8],
+    depth: u32,
+) -> Result<(), Unsupported> {
+    out.push(b'[');
+    let mut first = true;
+    for occurrence in found {
+        if occurrence.wire_type == WireType::LengthDelimited && is_packable(&field.kind) {
+            let packed = &wire[occurrence.payload.clone()];
+            let mut at = 0;
+            while at < packed.len() {
+                if !std::mem::take(&mut first) {
+                    out.push(b',');
+                }
+                let value = scalar(&field.kind, expected_wire_type(&field.kind), packed, &mut at)?;
+                print(out, &value, &field.kind)?;
+            }
+        } else {
+            if !std::mem::take(&mut first) {
+                out.push(b',');
+            }
+            single(out, field, occurrence, wire, depth)?;
+        }
+    }
+    out.push(b']');
+    Ok(())
+}
+
 /// One value that occupies one occurrence (not a packed run).
-fn single(out: &mut Vec<u8>, kind: &Kind, occurrence: &Occurrence, wire: &[u8], depth: u32) -> Result<(), Unsupported> {
-    if occurrence.wire_type != expected_wire_type(kind) {
+fn single(
+    out: &mut Vec<u8>,
+    field: &FieldPlan,
+    occurrence: &Occurrence,
+    wire: &[u8],
+    depth: u32,
+) -> Result<(), Unsupported> {
+    if occurrence.wire_type != expected_wire_type(&field.kind) {
         return Err(Unsupported);
     }
     let payload = &wire[occurrence.payload.clone()];
-    match kind {
-        Kind::Message(descriptor) => message(out, descriptor, payload, depth),
+    match &field.kind {
+        Kind::Message(_) => message(out, field.message_plan().ok_or(Unsupported)?, payload, depth),
         Kind::String => {
             let text = std::str::from_utf8(payload).map_err(|_| Unsupported)?;
             json_out::string(out, text).map_err(|_| Unsupported)
         }
         Kind::Bytes => {
             out.push(b'"');
-            out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(payload).as_bytes());
+            let at = out.len();
+            out.resize(at + base64::encoded_len(payload.len(), true).ok_or(Unsupported)?, 0);
+            base64::engine::general_purpose::STANDARD.encode_slice(payload, &mut out[at..]).map_err(|_| Unsupported)?;
             out.push(b'"');
             Ok(())
         }
-        _ => {
+        kind => {
             let mut at = 0;
             let value = scalar(kind, occurrence.wire_type, payload, &mut at)?;
             print(out, &value, kind)
@@ -333,13 +439,14 @@ fn scalar(kind: &Kind, wire_type: WireType, bytes: &[u8], at: &mut usize) -> Res
 /// winning; None for anything but well-formed varints in them.
 fn seconds_and_nanos(wire: &[u8]) -> Option<(i64, i32)> {
     let (mut seconds, mut nanos) = (Value::I64(0), Value::I32(0));
-    for occurrence in scan(wire).ok()? {
+    for occurrence in (Occurrences { wire, at: 0, order: 0 }) {
+        let occurrence = occurrence.ok()?;
         let (kind, slot) = match occurrence.number {
             1 => (Kind::Int64, &mut seconds),
             2 => (Kind::Int32, &mut nanos),
             _ => continue,
         };
-        *slot = scalar(&kind, occurrence.wire_type, &wire[occurrence.payload.clone()], &mut 0).ok()?;
+        *slot = scalar(&kind, occurrence.wire_type, &wire[occurrence.payload], &mut 0).ok()?;
     }
     Some((seconds.as_i64()?, nanos.as_i32()?))
 }
@@ -347,54 +454,73 @@ fn seconds_and_nanos(wire: &[u8]) -> Option<(i64, i32)> {
 /// Every field occurrence in `wire`, sorted by field number (in wire order within a number); Unsupported for
 /// malformed bytes, groups and field numbers outside 1..2^29.
 fn scan(wire: &[u8]) -> Result<Vec<Occurrence>, Unsupported> {
-    const MAX_FIELD_NUMBER: u64 = (1 << 29) - 1;
-    let mut occurrences = Vec::with_capacity(8);
-    let mut at = 0;
-    while at < wire.len() {
-        let key = varint(wire, &mut at)?;
+    let mut found = Vec::with_capacity(8);
+    for occurrence in (Occurrences { wire, at: 0, order: 0 }) {
+        found.push(occurrence?);
+    }
+    // Stable: occurrences of one field keep their wire order.
+    found.sort_by_key(|occurrence| occurrence.number);
+    Ok(found)
+}
+
+/// The occurrences in a message's bytes, in wire order. After an error, it ends.
+struct Occurrences<'a> {
+    wire: &'a [u8],
+    at: usize,
+    order: usize,
+}
+
+impl Iterator for Occurrences<'_> {
+    type Item = Result<Occurrence, Unsupported>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.at >= self.wire.len() {
+            return None;
+        }
+        let next = self.read();
+        if next.is_err() {
+            self.at = self.wire.len();
+        }
+        self.order += 1;
+        Some(next)
+    }
+}
+
+impl Occurrences<'_> {
+    fn read(&mut self) -> Result<Occurrence, Unsupported> {
+        const MAX_FIELD_NUMBER: u64 = (1 << 29) - 1;
+        let (wire, at) = (self.wire, &mut self.at);
+        let key = varint(wire, at)?;
         let number = key >> 3;
-        if !(1..=MAX_FIELD_NUMBER).contains(&number) || key > u64::from(u32::MAX) {
+        if !(1..=MAX_FIELD_NUMBER).contains(&number) {
             return Err(Unsupported);
         }
-        let start = at;
+        let number = u32::try_from(number).map_err(|_| Unsupported)?;
+        let mut start = *at;
         let wire_type = match key & 7 {
             0 => {
-                varint(wire, &mut at)?;
+                varint(wire, at)?;
                 WireType::Varint
             }
             1 => {
-                take(wire, &mut at, 8)?;
+                take(wire, at, 8)?;
                 WireType::Fixed64
             }
             2 => {
-                let length = usize::try_from(varint(wire, &mut at)?).map_err(|_| Unsupported)?;
-                let payload = at;
-                take(wire, &mut at, length)?;
-                occurrences.push(Occurrence {
-                    number: u32::try_from(number).map_err(|_| Unsupported)?,
-                    wire_type: WireType::LengthDelimited,
-                    payload: payload..at,
-                    order: occurrences.len(),
-                });
-                continue;
+                let length = usize::try_from(varint(wire, at)?).map_err(|_| Unsupported)?;
+                start = *at;
+                take(wire, at, length)?;
+                WireType::LengthDelimited
             }
             5 => {
-                take(wire, &mut at, 4)?;
+                take(wire, at, 4)?;
                 WireType::Fixed32
             }
             // Groups (3, 4) and the undefined wire types 6 and 7.
             _ => return Err(Unsupported),
         };
-        occurrences.push(Occurrence {
-            number: u32::try_from(number).map_err(|_| Unsupported)?,
-            wire_type,
-            payload: start..at,
-            order: occurrences.len(),
-        });
+        Ok(Occurrence { number, wire_type, payload: start..*at, order: self.order })
     }
-    // Stable: occurrences of one field keep their wire order.
-    occurrences.sort_by_key(|occurrence| occurrence.number);
-    Ok(occurrences)
 }
 
 /// The occurrences of field `number`, in wire order.
@@ -478,7 +604,7 @@ mod tests {
 
     fn wire_json(descriptor: &MessageDescriptor, wire: &[u8]) -> Result<String, Unsupported> {
         let mut out = b"prefix".to_vec();
-        let written = write_message(&mut out, descriptor, wire);
+        let written = write_message(&mut out, &MessagePlan::new(descriptor), wire);
         if written.is_err() {
             assert_eq!(out, b"prefix", "a declined message leaves the output as it was");
         }
@@ -551,6 +677,7 @@ mod tests {
         fn prints_one_message_field_as_its_decoded_value(seed in any::<u64>(), twice in any::<bool>()) {
             let mut rng = fastrand::Rng::with_seed(seed);
             let echo = descriptor("conformance.Echo");
+            let plan = MessagePlan::new(&echo);
             let mut wire = random_message(&echo, &mut rng, 0).encode_to_vec();
             if twice {
                 wire.extend(random_message(&echo, &mut rng, 0).encode_to_vec());
@@ -564,7 +691,7 @@ mod tests {
                     String::from_utf8(out).ok()
                 });
                 let mut out = Vec::new();
-                if write_field(&mut out, &echo, &field, &wire).is_ok() {
+                if write_field(&mut out, &plan, field.number(), &wire).is_ok() {
                     prop_assert_eq!(Some(String::from_utf8_lossy(&out).into_owned()), expected, "{}", name);
                 } else {
                     prop_assert!(out.is_empty(), "a declined field leaves the output as it was");
