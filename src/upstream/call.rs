@@ -205,7 +205,7 @@ where
             return Err(timed_out());
         }
         let observed = ObservedAttempt::start(upstream.cluster(), rpc, &lease, attempts, options.trace_parent.as_ref());
-        let mut metadata = options.metadata.clone();
+        let mut metadata = with_room(&options.metadata);
         if let Some(span_context) = observed.span.span_context() {
             crate::telemetry::traces::inject(span_context, &mut metadata);
         }
@@ -355,6 +355,16 @@ pub fn request<T>(mut metadata: MetadataMap, message: T, time_left: Option<Durat
         metadata.insert(GRPC_TIMEOUT.clone(), grpc_timeout(time_left));
     }
     tonic::Request::from_parts(metadata, Extensions::default(), message)
+}
+
+/// A copy of the call's metadata with room for what an attempt adds (`grpc-timeout`, `traceparent` and
+/// `tracestate`, and the direct path's content-type, te and user-agent): a cloned map keeps no spare
+/// capacity, so each of those would otherwise grow it again.
+fn with_room(metadata: &MetadataMap) -> MetadataMap {
+    const ADDED_PER_ATTEMPT: usize = 6;
+    let mut headers = metadata.clone().into_headers();
+    headers.reserve(ADDED_PER_ATTEMPT);
+    MetadataMap::from_headers(headers)
 }
 
 /// `time_left` as the `grpc-timeout` metadata value ([`crate::grpc_timeout::write`]). A value that differs on

@@ -438,17 +438,25 @@ fn scalar(kind: &Kind, wire_type: WireType, bytes: &[u8], at: &mut usize) -> Res
 /// A Timestamp's or Duration's `seconds` (field 1) and `nanos` (field 2), the last occurrence of each
 /// winning; None for anything but well-formed varints in them.
 fn seconds_and_nanos(wire: &[u8]) -> Option<(i64, i32)> {
-    let (mut seconds, mut nanos) = (Value::I64(0), Value::I32(0));
+    let (mut seconds, mut nanos) = (0, 0);
     for occurrence in (Occurrences { wire, at: 0, order: 0 }) {
         let occurrence = occurrence.ok()?;
-        let (kind, slot) = match occurrence.number {
-            1 => (Kind::Int64, &mut seconds),
-            2 => (Kind::Int32, &mut nanos),
-            _ => continue,
-        };
-        *slot = scalar(&kind, occurrence.wire_type, &wire[occurrence.payload], &mut 0).ok()?;
+        if occurrence.number > 2 {
+            continue;
+        }
+        if occurrence.wire_type != WireType::Varint {
+            return None;
+        }
+        let raw = varint(wire, &mut occurrence.payload.start.clone()).ok()?;
+        // As prost reads int64 and int32 varints: two's complement, the int32 truncated.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+        if occurrence.number == 1 {
+            seconds = raw as i64;
+        } else {
+            nanos = raw as i32;
+        }
     }
-    Some((seconds.as_i64()?, nanos.as_i32()?))
+    Some((seconds, nanos))
 }
 
 /// Every field occurrence in `wire`, sorted by field number (in wire order within a number); Unsupported for
