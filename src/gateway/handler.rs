@@ -297,6 +297,10 @@ async fn read_body(
     {
         return Err(GatewayError::PayloadTooLarge { limit });
     }
+    // No body at all (a GET, a DELETE): nothing to wait for, so no timer to arm and cancel.
+    if ::http_body::Body::is_end_stream(&body) {
+        return Ok(Bytes::new());
+    }
     let collected = tokio::time::timeout(timeout, http_body_util::Limited::new(body, limit).collect())
         .await
         .map_err(|_| GatewayError::BodyTimeout(timeout))?;
