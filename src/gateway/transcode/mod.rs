@@ -138,36 +138,40 @@ fn bind_path_and_query(
     query: Option<&str>,
     options: &TranscodeOptions,
 ) -> Result<DynamicMessage, GatewayError> {
+    let query = query.filter(|q| !q.is_empty());
+    // The dotted names of the bound fields matter only to a query string (and to errors): not built otherwise.
     let mut bound: HashSet<String> = HashSet::new();
     for (raw, field) in path.values.iter().zip(&route.path_fields) {
         let leaf = field.path.last().ok_or_else(|| GatewayError::BadRequest("empty path binding".into()))?;
-        let name = dotted(&field.path);
         let value = query::scalar_value(leaf, raw)
-            .map_err(|e| GatewayError::BadRequest(format!("path parameter {name}: {e}")))?;
-        set_path(&mut message, &field.path, value, &name)?;
-        bound.insert(name);
+            .map_err(|e| GatewayError::BadRequest(format!("path parameter {}: {e}", dotted(&field.path))))?;
+        set_path(&mut message, &field.path, value, &field.path)?;
+        if query.is_some() {
+            bound.insert(dotted(&field.path));
+        }
     }
 
-    if let Some(query) = query.filter(|q| !q.is_empty()) {
+    if let Some(query) = query {
         query::apply_query(&mut message, route, query, &bound, options)?;
     }
     Ok(message)
 }
 
 /// Sets `value` at `path` (creating parent messages); a different value already there (from the body) is a
-/// conflict.
+/// conflict. `binding` is the whole path, for naming it in errors.
 fn set_path(
     message: &mut DynamicMessage,
     path: &[FieldDescriptor],
     value: Value,
-    name: &str,
+    binding: &[FieldDescriptor],
 ) -> Result<(), GatewayError> {
     match path {
         [] => Ok(()),
         [leaf] => {
             if message.has_field(leaf) && *message.get_field(leaf) != value {
                 return Err(GatewayError::BadRequest(format!(
-                    "{name} is {} in the path but {} in the body; the path wins, so leave it out of the body or make them agree",
+                    "{} is {} in the path but {} in the body; the path wins, so leave it out of the body or make them agree",
+                    dotted(binding),
                     display(&value),
                     display(&message.get_field(leaf))
                 )));
@@ -176,8 +180,8 @@ fn set_path(
             Ok(())
         }
         [parent, rest @ ..] => match message.get_field_mut(parent) {
-            Value::Message(child) => set_path(child, rest, value, name),
-            _ => Err(GatewayError::BadRequest(format!("{name}: {} is not a message", parent.name()))),
+            Value::Message(child) => set_path(child, rest, value, binding),
+            _ => Err(GatewayError::BadRequest(format!("{}: {} is not a message", dotted(binding), parent.name()))),
         },
     }
 }
