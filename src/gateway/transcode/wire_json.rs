@@ -19,7 +19,7 @@
 //! with presence is printed only when it occurs, one without is printed at its default when absent. Every
 //! occurrence is read, printed or not, so that bytes prost would refuse are declined here too.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use base64::Engine as _;
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor, Value};
@@ -59,10 +59,11 @@ struct FieldPlan {
     cardinality: Cardinality,
     /// The numbers of the other members of its oneof: the one that occurs last is the one set.
     rivals: Box<[u32]>,
-    /// The JSON of its value when it is absent and has no presence: its default, `[]` or `{}`.
+    /// The JSON of its value when it is absent and has no presence: its default, `[]` or `{}` (empty for a field
+    /// with presence, which is then not printed at all).
     absent: Box<[u8]>,
     /// Its message type's plan, made on first use (a recursive type's plan would otherwise never end).
-    message: OnceLock<Arc<MessagePlan>>,
+    message: OnceLock<Box<MessagePlan>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,11 +117,13 @@ impl FieldPlan {
         let absent = match cardinality {
             Cardinality::List => b"[]".to_vec(),
             Cardinality::Map => b"{}".to_vec(),
-            _ => {
+            Cardinality::Implicit => {
                 let mut absent = Vec::new();
                 let _ = json_out::value(&mut absent, &field.default_value(), &kind);
                 absent
             }
+            // A field with presence is not printed when it is absent.
+            Cardinality::Present | Cardinality::Group => Vec::new(),
         };
         Self {
             number: field.number(),
@@ -136,7 +139,7 @@ impl FieldPlan {
     /// The plan of its message type; None for a field that is not a message.
     fn message_plan(&self) -> Option<&MessagePlan> {
         let Kind::Message(descriptor) = &self.kind else { return None };
-        Some(self.message.get_or_init(|| Arc::new(MessagePlan::new(descriptor))))
+        Some(self.message.get_or_init(|| Box::new(MessagePlan::new(descriptor))))
     }
 }
 
