@@ -124,15 +124,14 @@ async fn request_message(
 /// google.api.HttpBody answer, with the upstream's response metadata as `Grpc-Metadata-*` headers.
 fn json_response(route: &Route, response: tonic::Response<Bytes>) -> Result<Response, GatewayError> {
     let (metadata, wire, _) = response.into_parts();
-    let descriptor = &route.grpc.response;
     let mut response = if route.raw_response_body {
-        let message = transcode::decode_answer(descriptor, &wire)?;
+        let message = transcode::decode_answer(&route.grpc.response, &wire)?;
         let (content_type, data) = http_body::response_parts(route, &message);
         let mut response = Response::new(Body::from(data));
         response.headers_mut().insert(header::CONTENT_TYPE, raw_content_type(&content_type));
         response
     } else {
-        let json = transcode::wire_response_json(route, descriptor, &wire)?;
+        let json = transcode::wire_response_json(route, &wire)?;
         let mut response = Response::new(Body::from(json));
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         response

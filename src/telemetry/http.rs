@@ -22,7 +22,7 @@ use tower::{Layer, Service};
 
 use crate::gateway::handler::RoutedRpc;
 use crate::gateway::rules::Route;
-use crate::telemetry::metrics::{self, RequestLabels, RouteLabels};
+use crate::telemetry::metrics::{self, HandleCache, RequestLabels, RouteLabels};
 use crate::telemetry::spans::RequestSpan;
 use crate::telemetry::{access_log, traces};
 
@@ -263,24 +263,17 @@ impl Drop for Finished {
         let gateway = metrics::gateway();
         let seconds = metrics::seconds(self.started.elapsed());
         let method = &self.labels.method;
-        let read = self.request_bytes.as_ref().map(|count| count.0.load(std::sync::atomic::Ordering::Relaxed));
-        if let Some(route) = &self.route {
-            let handles = &route.metrics;
-            let status = (method.clone(), self.labels.status);
-            let duration = || gateway.request_duration.get_or_create_owned(&self.labels);
-            handles.duration.get_or_create(&status, duration).observe(seconds);
-            let sent = || gateway.response_bytes.get_or_create_owned(&self.route_labels);
-            handles.response_bytes.get_or_create(method, sent).inc_by(self.response_bytes);
-            if let Some(read) = read {
-                let counter = || gateway.request_bytes.get_or_create_owned(&self.route_labels);
-                handles.request_bytes.get_or_create(method, counter).inc_by(read);
-            }
-        } else {
-            gateway.request_duration.get_or_create(&self.labels).observe(seconds);
-            gateway.response_bytes.get_or_create(&self.route_labels).inc_by(self.response_bytes);
-            if let Some(read) = read {
-                gateway.request_bytes.get_or_create(&self.route_labels).inc_by(read);
-            }
+        // A routed request's handles are cached on its route; one that matched no route asks the families.
+        let handles = self.route.as_ref().map(|route| &*route.metrics);
+        let status = (method.clone(), self.labels.status);
+        let duration = || gateway.request_duration.get_or_create_owned(&self.labels);
+        HandleCache::get_or_create_in(handles.map(|h| &h.duration), &status, duration).observe(seconds);
+        let sent = || gateway.response_bytes.get_or_create_owned(&self.route_labels);
+        HandleCache::get_or_create_in(handles.map(|h| &h.response_bytes), method, sent).inc_by(self.response_bytes);
+        if let Some(count) = &self.request_bytes {
+            let read = count.0.load(std::sync::atomic::Ordering::Relaxed);
+            let counter = || gateway.request_bytes.get_or_create_owned(&self.route_labels);
+            HandleCache::get_or_create_in(handles.map(|h| &h.request_bytes), method, counter).inc_by(read);
         }
         if let Some(span) = &self.span {
             span.end();

@@ -129,6 +129,14 @@ impl<K, M> std::fmt::Debug for HandleCache<K, M> {
 }
 
 impl<K: PartialEq + Clone, M: Clone> HandleCache<K, M> {
+    /// The handle for `key` from `cache` when there is one (see [`Self::get_or_create`]), else `create`'s.
+    pub fn get_or_create_in(cache: Option<&Self>, key: &K, create: impl FnOnce() -> M) -> M {
+        match cache {
+            Some(cache) => cache.get_or_create(key, create),
+            None => create(),
+        }
+    }
+
     /// The handle for `key`: the cached one, else `create`'s (the family's child), kept for next time.
     pub fn get_or_create(&self, key: &K, create: impl FnOnce() -> M) -> M {
         if let Some((_, handle)) = self.entries.load().iter().find(|(cached, _)| cached == key) {

@@ -10,15 +10,17 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::{BufMut, Bytes};
 use opentelemetry::trace::{SpanContext, SpanKind, Status};
 use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{Codec, EncodeBuf, Encoder};
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
 use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::upstream::codec::WireDecoder;
 
 /// The collector's RPC.
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -142,7 +144,7 @@ fn rejected_spans(response: Bytes) -> i64 {
         .map_or(0, |partial| partial.rejected_spans)
 }
 
-/// Sends and receives messages that are already encoded.
+/// Sends a message already encoded; hands the answer over as its wire bytes (the upstream layer's decoder).
 #[derive(Debug, Clone, Copy)]
 struct RawCodec;
 
@@ -150,14 +152,14 @@ impl Codec for RawCodec {
     type Encode = Bytes;
     type Decode = Bytes;
     type Encoder = RawCodec;
-    type Decoder = RawCodec;
+    type Decoder = WireDecoder;
 
     fn encoder(&mut self) -> Self::Encoder {
         RawCodec
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        RawCodec
+        WireDecoder
     }
 }
 
@@ -168,15 +170,6 @@ impl Encoder for RawCodec {
     fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
         dst.put(item);
         Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = Bytes;
-    type Error = tonic::Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Self::Error> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }
 

@@ -310,8 +310,9 @@ pub async fn ready_client(channel: Channel) -> Result<Grpc<Channel>, Status> {
 /// duration by cluster, endpoint, RPC and code.
 struct ObservedAttempt {
     span: crate::telemetry::grpc::ClientSpan,
-    labels: AttemptLabels,
-    /// The endpoint, which keeps the attempt histograms' handles.
+    cluster: Arc<str>,
+    rpc: Arc<str>,
+    /// The endpoint: its label, and the attempt histograms' handles it keeps.
     endpoint: Arc<crate::upstream::endpoint::Endpoint>,
     started: std::time::Instant,
 }
@@ -320,27 +321,32 @@ impl ObservedAttempt {
     fn start(cluster: &Arc<str>, rpc: &Arc<str>, lease: &Lease, attempt: u32, parent: Option<&SpanContext>) -> Self {
         Self {
             span: crate::telemetry::grpc::client_span(parent, cluster, rpc, lease.address(), attempt),
-            labels: AttemptLabels {
-                cluster: Arc::clone(cluster),
-                endpoint: Arc::clone(lease.endpoint().label()),
-                rpc: Arc::clone(rpc),
-                code: "OK",
-            },
+            cluster: Arc::clone(cluster),
+            rpc: Arc::clone(rpc),
             endpoint: Arc::clone(lease.endpoint()),
             started: std::time::Instant::now(),
         }
     }
 
-    fn finish<T>(mut self, outcome: &Result<T, AttemptError>) {
+    fn finish<T>(self, outcome: &Result<T, AttemptError>) {
         let code = match outcome {
             Ok(_) => Code::Ok,
             Err(AttemptError::TimedOut) => Code::DeadlineExceeded,
             Err(AttemptError::Status(status)) => status.code(),
         };
         self.span.finish(code);
-        self.labels.code = crate::user_service::code_name(code);
-        let key = (Arc::clone(&self.labels.cluster), Arc::clone(&self.labels.rpc), self.labels.code);
-        let create = || crate::telemetry::metrics::upstream().attempt_duration.get_or_create_owned(&self.labels);
+        let key = (self.cluster, self.rpc, crate::user_service::code_name(code));
+        // The labels are built only when the endpoint has no handle for this cluster, RPC and code yet.
+        let create = || {
+            let (cluster, rpc, code) = &key;
+            let labels = AttemptLabels {
+                cluster: Arc::clone(cluster),
+                endpoint: Arc::clone(self.endpoint.label()),
+                rpc: Arc::clone(rpc),
+                code,
+            };
+            crate::telemetry::metrics::upstream().attempt_duration.get_or_create_owned(&labels)
+        };
         let histogram = self.endpoint.attempt_histograms().get_or_create(&key, create);
         histogram.observe(crate::telemetry::metrics::seconds(self.started.elapsed()));
     }

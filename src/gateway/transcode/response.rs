@@ -23,14 +23,14 @@ pub fn response_json(route: &Route, message: &DynamicMessage) -> Result<Vec<u8>,
     }
 }
 
-/// The JSON body of a unary answer from its wire bytes (`descriptor` is the RPC's output type), as
-/// [`response_json`] prints the decoded message: straight from the bytes with the route's plan where
-/// `wire_json.rs` can, else decoded first.
+/// The JSON body of a unary answer from its wire bytes, as [`response_json`] prints the decoded message:
+/// straight from the bytes with the route's plan where `wire_json.rs` can, else decoded first.
 ///
 /// # Errors
 ///
-/// Bytes that do not decode as `descriptor` (an upstream fault, 500), or a value proto3 JSON cannot hold.
-pub fn wire_response_json(route: &Route, descriptor: &MessageDescriptor, wire: &[u8]) -> Result<Vec<u8>, GatewayError> {
+/// Bytes that do not decode as the RPC's output type (an upstream fault, 500), or a value proto3 JSON cannot
+/// hold.
+pub fn wire_response_json(route: &Route, wire: &[u8]) -> Result<Vec<u8>, GatewayError> {
     let mut out = Vec::with_capacity(256);
     let printed = match &route.response_body {
         ResponseBody::Whole => wire_json::write_message(&mut out, &route.response_plan, wire),
@@ -39,7 +39,7 @@ pub fn wire_response_json(route: &Route, descriptor: &MessageDescriptor, wire: &
     if printed.is_ok() {
         return Ok(out);
     }
-    response_json(route, &decode_answer(descriptor, wire)?)
+    response_json(route, &decode_answer(&route.grpc.response, wire)?)
 }
 
 /// An answer's wire bytes decoded as a `descriptor` message.

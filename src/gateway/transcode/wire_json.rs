@@ -417,7 +417,7 @@ fn scalar(kind: &Kind, wire_type: WireType, bytes: &[u8], at: &mut usize) -> Res
             }
         }
         WireType::Fixed32 => {
-            let raw: [u8; 4] = take(bytes, at, 4)?.try_into().map_err(|_| Unsupported)?;
+            let raw = fixed::<4>(bytes, at)?;
             match kind {
                 Kind::Fixed32 => Value::U32(u32::from_le_bytes(raw)),
                 Kind::Sfixed32 => Value::I32(i32::from_le_bytes(raw)),
@@ -426,7 +426,7 @@ fn scalar(kind: &Kind, wire_type: WireType, bytes: &[u8], at: &mut usize) -> Res
             }
         }
         WireType::Fixed64 => {
-            let raw: [u8; 8] = take(bytes, at, 8)?.try_into().map_err(|_| Unsupported)?;
+            let raw = fixed::<8>(bytes, at)?;
             match kind {
                 Kind::Fixed64 => Value::U64(u64::from_le_bytes(raw)),
                 Kind::Sfixed64 => Value::I64(i64::from_le_bytes(raw)),
@@ -547,6 +547,11 @@ fn take<'a>(bytes: &'a [u8], at: &mut usize, length: usize) -> Result<&'a [u8], 
     let taken = &bytes[*at..end];
     *at = end;
     Ok(taken)
+}
+
+/// The next `N` bytes at `at`, as a fixed-width (little-endian) value's bytes.
+fn fixed<const N: usize>(bytes: &[u8], at: &mut usize) -> Result<[u8; N], Unsupported> {
+    take(bytes, at, N)?.try_into().map_err(|_| Unsupported)
 }
 
 /// A base-128 varint of at most 10 bytes, as prost accepts them (the tenth byte at most 1).
