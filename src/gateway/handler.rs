@@ -1,12 +1,11 @@
 //! The request handler, in phases: match the route → transcode the request → call the upstream → respond.
 //! Each phase is a function; errors from any of them become responses in `error.rs`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::request::Parts;
@@ -19,6 +18,7 @@ use tonic::metadata::MetadataMap;
 use crate::gateway::GatewayState;
 use crate::gateway::error::GatewayError;
 use crate::gateway::metadata;
+use crate::gateway::peer::Peer;
 use crate::gateway::rules::{BodyRule, CallKind, Route, RouteMatch};
 use crate::gateway::stream::{self, NDJSON, RequestStreamLimits};
 use crate::gateway::template::PathMatch;
@@ -68,11 +68,15 @@ async fn unary(
     body: Body,
 ) -> Result<Response, GatewayError> {
     let started = tokio::time::Instant::now();
-    let message = request_message(state, route, path, &parts, body).await?;
+    let body = read_body(route, &parts, body, state.config.max_body_bytes, state.config.body_read_timeout).await?;
+    let request = match route.path_only.as_ref().and_then(|plan| plan.request(&path, parts.uri.query(), &body)) {
+        Some(wire) => wire?,
+        None => encode(&transcode_request(state, route, path, &parts, body)?),
+    };
     let client_timeout = metadata::client_timeout(&parts.headers)?;
     let timeout = metadata::deadline(client_timeout, state.config.default_timeout);
     let options = call_options(route, &parts, timeout, timeout != state.config.default_timeout, started)?;
-    let response = state.clusters.get(route.cluster).upstream.unary(&route.grpc, &options, encode(&message)).await?;
+    let response = state.clusters.get(route.cluster).upstream.unary(&route.grpc, &options, request).await?;
     json_response(route, response)
 }
 
@@ -106,6 +110,17 @@ async fn request_message(
     body: Body,
 ) -> Result<DynamicMessage, GatewayError> {
     let body = read_body(route, parts, body, state.config.max_body_bytes, state.config.body_read_timeout).await?;
+    transcode_request(state, route, path, parts, body)
+}
+
+/// Transcodes path, query and the body read into the request message.
+fn transcode_request(
+    state: &GatewayState,
+    route: &Route,
+    path: PathMatch,
+    parts: &Parts,
+    body: Bytes,
+) -> Result<DynamicMessage, GatewayError> {
     if route.raw_request_body {
         let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
         return transcode::raw_body_request_message(
@@ -275,8 +290,7 @@ async fn client_streaming(
 }
 
 fn request_metadata(parts: &Parts) -> Result<MetadataMap, GatewayError> {
-    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0);
-    metadata::request_metadata(&parts.headers, peer)
+    metadata::request_metadata(&parts.headers, parts.extensions.get::<Peer>())
 }
 
 /// Reads a unary body: JSON (415 otherwise, checked before reading), within the size limit (413) and within the

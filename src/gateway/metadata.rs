@@ -5,7 +5,6 @@
 //! added. Reserved `grpc-*` keys from clients never cross: they would let a client forge transport state.
 //! Upstream response metadata comes back as `Grpc-Metadata-<key>` headers.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use base64::Engine;
@@ -13,6 +12,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, BinaryMetadataKey, BinaryMetadataValue, MetadataMap};
 
 use crate::gateway::error::GatewayError;
+use crate::gateway::peer::Peer;
 
 const FORWARDED: [&str; 4] = ["authorization", "x-request-id", "traceparent", "tracestate"];
 /// Forwarded headers whose values are new on every request.
@@ -42,7 +42,7 @@ const RESERVED: [&str; 10] = [
 /// The forwarded headers keep their names and values (reference counts, not copies). Values that differ on
 /// every request (`x-request-id`, `traceparent`) are marked sensitive, which HPACK sends as "never indexed":
 /// indexing them would only churn both ends' dynamic tables, evicting the entries that do repeat.
-pub fn request_metadata(headers: &HeaderMap, peer: Option<SocketAddr>) -> Result<MetadataMap, GatewayError> {
+pub fn request_metadata(headers: &HeaderMap, peer: Option<&Peer>) -> Result<MetadataMap, GatewayError> {
     let mut forwarded = HeaderMap::new();
     let mut from_prefix = Vec::new();
     for (name, value) in headers {
@@ -69,16 +69,14 @@ pub fn request_metadata(headers: &HeaderMap, peer: Option<SocketAddr>) -> Result
     let previous = headers.get(&X_FORWARDED_FOR).filter(|v| v.to_str().is_ok());
     let forwarded_for = match (previous, peer) {
         (Some(previous), Some(peer)) => {
-            let mut value = previous.as_bytes().to_vec();
+            let hop = peer.forwarded_for().as_bytes();
+            let mut value = Vec::with_capacity(previous.len() + 2 + hop.len());
+            value.extend_from_slice(previous.as_bytes());
             value.extend_from_slice(b", ");
-            crate::digits::ip(&mut value, peer.ip());
+            value.extend_from_slice(hop);
             HeaderValue::from_bytes(&value).ok()
         }
-        (None, Some(peer)) => {
-            let mut value = Vec::with_capacity(15);
-            crate::digits::ip(&mut value, peer.ip());
-            HeaderValue::from_bytes(&value).ok()
-        }
+        (None, Some(peer)) => Some(peer.forwarded_for().clone()),
         (Some(previous), None) => Some(previous.clone()),
         (None, None) => None,
     };
@@ -250,10 +248,8 @@ mod tests {
             ("host", "api.example.com"),
         ]);
         headers.insert("grpc-metadata-trace-bin", HeaderValue::from_static("AQID"));
-        let metadata = request_metadata(
-            &headers,
-            Some("198.51.100.1:5555".parse().map_err(|_| GatewayError::BadRequest("addr".into()))?),
-        )?;
+        let peer = Peer::new("198.51.100.1:5555".parse().map_err(|_| GatewayError::BadRequest("addr".into()))?);
+        let metadata = request_metadata(&headers, Some(&peer))?;
         let get = |key: &str| metadata.get(key).and_then(|v| v.to_str().ok()).map(str::to_string);
         assert_eq!(get("authorization").as_deref(), Some("Bearer t"));
         assert_eq!(get("x-request-id").as_deref(), Some("abc"));

@@ -25,6 +25,7 @@ pub mod limits;
 pub mod metadata;
 pub mod openapi;
 mod ops;
+pub mod peer;
 mod request_id;
 pub mod rules;
 pub mod server;

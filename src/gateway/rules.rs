@@ -11,7 +11,7 @@ use http::uri::PathAndQuery;
 use prost_reflect::{DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MethodDescriptor, Value};
 
 use crate::gateway::template::{PathMatch, PathTemplate, TemplateError};
-use crate::gateway::transcode::{MessagePlan, http_body};
+use crate::gateway::transcode::{MessagePlan, PathOnlyPlan, http_body};
 use crate::telemetry::metrics::RouteHandles;
 use crate::upstream::GrpcMethod;
 
@@ -81,6 +81,9 @@ pub struct Route {
     pub raw_request_body: bool,
     /// The answer is a `google.api.HttpBody` (the response, or the response_body field), written raw.
     pub raw_response_body: bool,
+    /// How a request with neither body nor query string is written straight to its wire bytes
+    /// (`transcode/path_only.rs`), when every path variable binds a scalar field of the request itself.
+    pub path_only: Option<PathOnlyPlan>,
     /// How a unary answer is printed straight from its wire bytes (`transcode/wire_json.rs`).
     pub response_plan: Arc<MessagePlan>,
     /// Its request metrics' handles, found once per method and status rather than on every request.
@@ -480,6 +483,8 @@ fn route(rpc: &MethodDescriptor, binding: HttpBinding, kind: CallKind, sse: SseO
     let grpc_label = Arc::from(&grpc_path[1..]);
     let grpc_path = PathAndQuery::try_from(grpc_path).map_err(|e| invalid(format!("bad gRPC path: {e}")))?;
     let idempotent = http_method == Method::GET || http_method == Method::HEAD || marked_idempotent(rpc);
+    // An HttpBody request takes its Content-Type even without a body: the general way writes it.
+    let path_only = if raw_request_body { None } else { PathOnlyPlan::new(&path_fields) };
     Ok(Route {
         http_method,
         template,
@@ -494,6 +499,7 @@ fn route(rpc: &MethodDescriptor, binding: HttpBinding, kind: CallKind, sse: SseO
         cluster: 0,
         raw_request_body,
         raw_response_body,
+        path_only,
         response_plan: Arc::new(MessagePlan::new(&output)),
         metrics: Arc::default(),
     })

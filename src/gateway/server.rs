@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ConnectInfo;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -22,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::gateway::GatewayConfig;
+use crate::gateway::peer::Peer;
 use crate::gateway::workers::{StartError, Workers};
 
 /// What a client sends first to speak HTTP/2 without TLS ("prior knowledge", RFC 9113 §3.3).
@@ -56,11 +56,12 @@ impl Builders {
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
-        // The router is built once; a connection only tags its requests with the peer address (for
-        // X-Forwarded-For), rather than layering the whole router again.
+        // The router is built once; a connection only tags its requests with its peer (for X-Forwarded-For
+        // and the rate limiter), rather than layering the whole router again.
         let router = router.clone();
+        let tag = Peer::new(peer);
         let service = tower::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+            request.extensions_mut().insert(tag.clone());
             router.clone().oneshot(request)
         });
         let service = TowerToHyperService::new(service);

@@ -1,10 +1,10 @@
 //! The client's address: the peer's, or, when the peer is a trusted proxy, the nearest address in
 //! `X-Forwarded-For` that is not a trusted proxy (addresses further left are whatever the client wrote).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::str::FromStr;
 
-use axum::extract::ConnectInfo;
+use crate::gateway::peer::Peer;
 
 /// An address block such as `10.0.0.0/8` or `fd00::/8`; a bare address is a block of one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +52,7 @@ impl Cidr {
 
 /// The address a request comes from (None when the accept loop recorded no peer).
 pub fn client_ip<B>(request: &http::Request<B>, trusted_proxies: &[Cidr]) -> Option<IpAddr> {
-    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>()?.0.ip().to_canonical();
+    let peer = request.extensions().get::<Peer>()?.addr().ip().to_canonical();
     let trusted = |ip: IpAddr| trusted_proxies.iter().any(|cidr| cidr.contains(ip));
     if !trusted(peer) {
         return Some(peer);
@@ -72,12 +72,14 @@ pub fn client_ip<B>(request: &http::Request<B>, trusted_proxies: &[Cidr]) -> Opt
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
     use super::*;
 
     fn request(peer: &str, forwarded: Option<&str>) -> http::Request<()> {
         let mut request = http::Request::new(());
         let peer: SocketAddr = format!("{peer}:1234").parse().expect("peer");
-        request.extensions_mut().insert(ConnectInfo(peer));
+        request.extensions_mut().insert(Peer::new(peer));
         if let Some(forwarded) = forwarded {
             request.headers_mut().insert("x-forwarded-for", http::HeaderValue::from_str(forwarded).expect("header"));
         }

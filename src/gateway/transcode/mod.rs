@@ -9,14 +9,16 @@
 //! unpopulated fields emitted, so every response has the same shape.
 //!
 //! One file per job: `body.rs` (JSON bodies), `field_mask.rs` (PATCH masks from the body's keys), `query.rs`
-//! (query parameters and path values as scalars), `response.rs` (JSON out, printed by `json_out.rs` from a
-//! decoded message or by `wire_json.rs` straight from an answer's bytes), `http_body.rs` (google.api.HttpBody,
-//! raw bytes both ways); this module puts a request together.
+//! (query parameters and path values as scalars), `path_only.rs` (a request made by its path alone, written
+//! straight to wire bytes), `response.rs` (JSON out, printed by `json_out.rs` from a decoded message or by
+//! `wire_json.rs` straight from an answer's bytes), `http_body.rs` (google.api.HttpBody, raw bytes both ways);
+//! this module puts a request together.
 
 mod body;
 mod field_mask;
 pub mod http_body;
 mod json_out;
+mod path_only;
 mod query;
 mod response;
 mod wire_json;
@@ -31,6 +33,7 @@ use crate::gateway::rules::{BodyRule, Route};
 use crate::gateway::template::PathMatch;
 
 pub use body::parse_message;
+pub use path_only::PathOnlyPlan;
 pub use query::{query_parameter_names, query_parameters, scalar_value};
 pub use response::{JsonMessage, decode_answer, message_json, response_json, wire_response_json};
 pub use wire_json::MessagePlan;
