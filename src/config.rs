@@ -462,6 +462,11 @@ pub struct GatewayOptions {
     #[arg(long, env = "PORTICO_WORKERS", default_value_t = crate::gateway::workers::default_count())]
     pub workers: usize,
 
+    /// Keep each connection on the worker thread that took it (Envoy's model): cheaper per request, but a
+    /// thread waiting for the CPU stalls all its connections, so for a gateway with cores of its own.
+    #[arg(long, env = "PORTICO_PIN_CONNECTIONS")]
+    pub pin_connections: bool,
+
     /// HTTP/2 connections per upstream endpoint and worker (each worker opens its own on first use).
     #[arg(long, env = "PORTICO_UPSTREAM_CONNECTIONS", default_value_t = PoolConfig::default().connections_per_endpoint)]
     pub upstream_connections: usize,
@@ -808,6 +813,7 @@ impl GatewayOptions {
             limits: self.limits()?,
             tls: None,
             workers: self.workers,
+            pin_connections: self.pin_connections,
         };
         config.validate()?;
         Ok(config)
@@ -1102,6 +1108,10 @@ mod tests {
         assert_eq!(gateway, defaults);
         let user_service = UserServiceConfig::try_from(&flags.user_service)?;
         assert_eq!(user_service, UserServiceConfig::new("sqlite://portico.db"));
+
+        let flags = Flags::parse_from(["portico", "--workers", "3", "--pin-connections"]);
+        let gateway = flags.gateway.config(defaults.upstreams.clone(), defaults.drain_timeout)?;
+        assert_eq!((gateway.workers, gateway.pin_connections), (3, true));
         Ok(())
     }
 

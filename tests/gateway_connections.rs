@@ -84,17 +84,19 @@ async fn a_connection_that_stops_inside_the_preface_is_closed_after_the_header_t
 
 /// Each worker thread calls the upstream over HTTP/2 connections of its own: with one worker, any number of
 /// concurrent requests (below the spill-over point) share one connection; with two, the UserService's endpoint
-/// gets a second connection once requests have run on both threads, and never more than two.
+/// gets a second connection once requests have run on both threads, and never more than two. The same holds
+/// whether the threads share the connections (work stealing) or each keeps its own (`--pin-connections`).
 #[tokio::test]
 async fn each_worker_thread_calls_the_upstream_over_its_own_connection() -> TestResult {
     use tower::ServiceExt;
 
     let upstream = common::start().await;
     let _ = upstream.client().await; // the UserService is up
-    for workers in [1, 2] {
+    for (workers, pin_connections) in [(1, false), (2, false), (2, true)] {
         let config = portico::gateway::GatewayConfig {
             upstreams: vec![format!("http://{}", upstream.addr)],
             workers,
+            pin_connections,
             ..Default::default()
         };
         let shutdown = tokio_util::sync::CancellationToken::new();
@@ -125,7 +127,7 @@ async fn each_worker_thread_calls_the_upstream_over_its_own_connection() -> Test
                 break;
             }
         }
-        assert_eq!(seen, workers as u64, "{workers} worker thread(s)");
+        assert_eq!(seen, workers as u64, "{workers} worker thread(s), pinned: {pin_connections}");
         shutdown.cancel();
     }
     Ok(())

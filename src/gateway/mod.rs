@@ -101,6 +101,9 @@ pub struct GatewayConfig {
     pub tls: Option<tls::EdgeTlsConfig>,
     /// Threads that serve client connections, each with its own upstream connections (`workers.rs`).
     pub workers: usize,
+    /// Each connection stays on the worker thread that took it, on a single-threaded runtime, instead of the
+    /// threads sharing one work-stealing runtime (`workers.rs`).
+    pub pin_connections: bool,
 }
 
 impl Default for GatewayConfig {
@@ -125,6 +128,7 @@ impl Default for GatewayConfig {
             limits: limits::LimitsConfig::default(),
             tls: None,
             workers: workers::default_count(),
+            pin_connections: false,
         }
     }
 }

@@ -8,6 +8,7 @@
 //! doubles from 8 to 16 KiB, and the connection's task is sized for the larger HTTP/2 state.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -22,7 +23,7 @@ use tower::ServiceExt;
 
 use crate::gateway::GatewayConfig;
 use crate::gateway::peer::Peer;
-use crate::gateway::workers::{StartError, Workers};
+use crate::gateway::workers::{Scheduling, StartError, Workers};
 
 /// What a client sends first to speak HTTP/2 without TLS ("prior knowledge", RFC 9113 §3.3).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -145,14 +146,15 @@ async fn run(
     config: &GatewayConfig,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
-    let workers = Workers::start(config.workers)?;
+    let scheduling = if config.pin_connections { Scheduling::Pinned } else { Scheduling::Shared };
+    let workers = Arc::new(Workers::start(config.workers, scheduling)?);
     let listener = listener.into_std()?;
     let settings = LoopSettings {
         builders: Builders::new(config),
         handshake_timeout: config.header_read_timeout,
         drain_timeout: config.drain_timeout,
     };
-    let accepting = workers.spawn(accept_loop(listener, router, tls, settings, shutdown));
+    let accepting = workers.spawn(accept_loop(listener, router, tls, settings, shutdown, Arc::clone(&workers)));
     let ended = accepting.await;
     drop(workers);
     match ended {
@@ -175,6 +177,7 @@ async fn accept_loop(
     tls: Option<TlsAcceptor>,
     settings: LoopSettings,
     shutdown: CancellationToken,
+    workers: Arc<Workers>,
 ) -> std::io::Result<()> {
     let LoopSettings { builders, handshake_timeout, drain_timeout } = settings;
     let listener = TcpListener::from_std(listener)?;
@@ -194,8 +197,8 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let (builders, router, watcher, tls) = (builders.clone(), router.clone(), graceful.watcher(), tls.clone());
         // The protocol is found on a task of its own, so a slow client holds up nobody else; the connection is
-        // then served on a task sized for its protocol.
-        tokio::spawn(async move {
+        // then served on a task sized for its protocol, on the same thread when the threads are pinned.
+        workers.serve_connection(stream, move |stream| async move {
             let Some(tls) = tls else {
                 match tokio::time::timeout(handshake_timeout, sniff(&stream)).await {
                     Ok(Ok(protocol)) => builders.spawn(TokioIo::new(stream), protocol, &router, peer, watcher),

@@ -1,23 +1,30 @@
-//! The gateway's data plane: a tokio runtime of its own whose worker threads serve the client connections,
-//! each thread calling upstreams over its own lane of every endpoint's connection pool.
+//! The gateway's data plane: worker threads of their own (a tokio runtime apart from the one running health
+//! checks, discovery, reloads and trace export) that serve the client connections, each thread calling
+//! upstreams over its own lane of every endpoint's connection pool.
 //!
-//! Before, every call went through a single upstream HTTP/2 connection (the first of an endpoint's pool, until
-//! it had 64 calls outstanding), driven by whichever thread had its task: when that thread was off the CPU,
-//! every call in flight waited, which made the p99 of a loaded gateway ten times its p90 (README,
-//! "Performance"). Now each worker thread takes connections from its own lane, so the calls made on a thread
-//! go out on connections that the thread itself opened, and a thread that stalls holds up only its own.
+//! Before the lanes, every call went through a single upstream HTTP/2 connection (the first of an endpoint's
+//! pool, until it had 64 calls outstanding), driven by whichever thread had its task: when that thread was off
+//! the CPU, every call in flight waited, which made the p99 of a loaded gateway ten times its p90 (README,
+//! "Performance"). Now the calls made on a thread go out on connections that the thread itself opened.
 //!
-//! The threads share one work-stealing scheduler rather than each owning its connections outright (Envoy's
-//! and nginx's model). Pinned threads were measured too: cheaper per request on idle cores, but on a machine
-//! whose cores are shared with other busy processes (a sidecar's normal case, and the benchmark's) a pinned
-//! thread waiting for the CPU stalls all of its connections, and the p99 went back to 30 ms; with stealing, an
-//! idle thread takes the waiting work.
+//! Two ways to share the threads ([`Scheduling`]):
+//! - **Shared** (the default): one work-stealing runtime. An idle thread takes work queued on a busy one, so a
+//!   thread waiting for the CPU holds up nobody else's requests. Stealing has its price: a thread that queues
+//!   work wakes an idle one, and a request's task, its upstream connection's task and the memory they touch
+//!   move between cores (some 4 µs of CPU per request on two cores, README "Performance").
+//! - **Pinned** (`--pin-connections`): one single-threaded runtime per thread, each new connection given to
+//!   the thread serving the fewest and kept there, Envoy's and nginx's model. A request then lives on one
+//!   thread from the client's socket to the upstream's and back. It is cheaper, but a thread waiting for the
+//!   CPU stalls every connection it owns: on cores shared with other busy processes that tail was measured at
+//!   35 ms on one machine and not at all on another, so it is for a gateway with cores of its own.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use tokio::net::TcpStream;
 use tokio::runtime::{Handle, Runtime};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::upstream::pool;
@@ -25,6 +32,16 @@ use crate::upstream::pool;
 /// The number of worker threads when none is configured: one per CPU the process may use.
 pub fn default_count() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// How the worker threads share the connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scheduling {
+    /// One work-stealing runtime: any thread serves any connection.
+    #[default]
+    Shared,
+    /// One single-threaded runtime per thread: a connection stays on the thread that took it.
+    Pinned,
 }
 
 /// Why the workers could not start.
@@ -35,41 +52,143 @@ pub struct StartError(#[from] std::io::Error);
 /// The running data plane. Dropping it ends it, cancelling whatever it still runs (the accept loop drops it
 /// only after the drain).
 pub struct Workers {
-    runtime: Option<Runtime>,
-    /// Spawns onto the runtime for as long as it runs.
+    threads: Threads,
+}
+
+enum Threads {
+    Shared { runtime: Option<Runtime>, handle: Handle },
+    Pinned { workers: Box<[PinnedWorker]>, next: AtomicUsize },
+}
+
+/// A thread with a single-threaded runtime of its own, running until `stop` is dropped.
+struct PinnedWorker {
     handle: Handle,
+    /// Connections the thread is serving now.
+    load: Arc<AtomicUsize>,
+    _stop: oneshot::Sender<()>,
 }
 
 impl Workers {
-    /// Starts `count` worker threads (at least one), named `portico-worker`; the N-th thread started uses
-    /// lane N (modulo `count`) of every upstream connection pool, so the worker threads, which start first,
-    /// have one each.
+    /// Starts `count` worker threads (at least one), named `portico-worker`; the N-th thread uses lane N of
+    /// every upstream connection pool.
     ///
     /// # Errors
     ///
     /// Threads that cannot be created (out of memory or threads).
-    pub fn start(count: usize) -> Result<Self, StartError> {
+    pub fn start(count: usize, scheduling: Scheduling) -> Result<Self, StartError> {
         let count = count.max(1);
-        let started = Arc::new(AtomicUsize::new(0));
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(count)
-            .thread_name("portico-worker")
-            .on_thread_start(move || pool::assign_thread_lane(started.fetch_add(1, Ordering::Relaxed) % count))
-            .enable_all()
-            .build()?;
-        Ok(Self { handle: runtime.handle().clone(), runtime: Some(runtime) })
+        let threads = match scheduling {
+            Scheduling::Shared => {
+                let started = Arc::new(AtomicUsize::new(0));
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(count)
+                    .thread_name("portico-worker")
+                    .on_thread_start(move || {
+                        // The worker threads start first, so they have one lane each.
+                        pool::assign_thread_lane(started.fetch_add(1, Ordering::Relaxed) % count);
+                    })
+                    .enable_all()
+                    .build()?;
+                Threads::Shared { handle: runtime.handle().clone(), runtime: Some(runtime) }
+            }
+            Scheduling::Pinned => {
+                let workers = (0..count).map(PinnedWorker::start).collect::<Result<Box<[_]>, _>>()?;
+                Threads::Pinned { workers, next: AtomicUsize::new(0) }
+            }
+        };
+        Ok(Self { threads })
     }
 
-    /// Runs `task` on the workers.
+    /// Runs `task` on the workers (pinned: on the first thread).
     pub fn spawn<T: Send + 'static>(&self, task: impl Future<Output = T> + Send + 'static) -> JoinHandle<T> {
-        self.handle.spawn(task)
+        match &self.threads {
+            Threads::Shared { handle, .. } => handle.spawn(task),
+            Threads::Pinned { workers, .. } => workers[0].handle.spawn(task),
+        }
+    }
+
+    /// Serves an accepted connection: `serve` runs on the workers with the stream registered where it will be
+    /// read. Pinned, the connection goes to the thread serving the fewest, which counts it until `serve` ends.
+    pub fn serve_connection<F, S>(&self, stream: TcpStream, serve: S)
+    where
+        S: FnOnce(TcpStream) -> F + Send + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        match &self.threads {
+            Threads::Shared { handle, .. } => {
+                handle.spawn(serve(stream));
+            }
+            Threads::Pinned { workers, next } => {
+                // The socket leaves the accepting thread's reactor and joins its own thread's.
+                let stream = match stream.into_std() {
+                    Ok(stream) => stream,
+                    Err(error) => return tracing::debug!(%error, "cannot hand an accepted connection over"),
+                };
+                let start = next.fetch_add(1, Ordering::Relaxed);
+                let index = (0..workers.len())
+                    .map(|offset| (start + offset) % workers.len())
+                    .min_by_key(|&index| workers[index].load.load(Ordering::Relaxed))
+                    .unwrap_or(0);
+                let worker = &workers[index];
+                let occupancy = Occupancy::new(&worker.load);
+                worker.handle.spawn(async move {
+                    let _occupancy = occupancy;
+                    match TcpStream::from_std(stream) {
+                        Ok(stream) => serve(stream).await,
+                        Err(error) => tracing::debug!(%error, "cannot register an accepted connection"),
+                    }
+                });
+            }
+        }
+    }
+
+    /// Connections each pinned thread is serving now (empty when the threads are shared).
+    pub fn loads(&self) -> Vec<usize> {
+        match &self.threads {
+            Threads::Shared { .. } => Vec::new(),
+            Threads::Pinned { workers, .. } => workers.iter().map(|w| w.load.load(Ordering::Relaxed)).collect(),
+        }
+    }
+}
+
+impl PinnedWorker {
+    fn start(lane: usize) -> Result<Self, StartError> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        std::thread::Builder::new().name("portico-worker".into()).spawn(move || {
+            pool::assign_thread_lane(lane);
+            let _ = runtime.block_on(stopped);
+            // Dropping the runtime here, on its own thread, cancels the tasks it still holds.
+        })?;
+        Ok(Self { handle, load: Arc::new(AtomicUsize::new(0)), _stop: stop })
+    }
+}
+
+/// One connection counted on its thread, until dropped (when the connection ends, or is cancelled with the
+/// thread's runtime).
+struct Occupancy(Arc<AtomicUsize>);
+
+impl Occupancy {
+    fn new(load: &Arc<AtomicUsize>) -> Self {
+        load.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(load))
+    }
+}
+
+impl Drop for Occupancy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl Drop for Workers {
     fn drop(&mut self) {
-        // Without waiting: the caller is usually a task of another runtime, which must not block.
-        if let Some(runtime) = self.runtime.take() {
+        // Without waiting: the caller is usually a task of another runtime, which must not block. Pinned
+        // threads end when their stop senders drop with `self`.
+        if let Threads::Shared { runtime, .. } = &mut self.threads
+            && let Some(runtime) = runtime.take()
+        {
             runtime.shutdown_background();
         }
     }
@@ -79,14 +198,15 @@ impl Drop for Workers {
 mod tests {
     use std::collections::HashSet;
     use std::sync::Barrier;
+    use std::time::Duration;
 
-    use tokio::sync::oneshot;
+    use tokio::net::TcpListener;
 
     use super::*;
 
     #[tokio::test]
-    async fn jobs_run_on_the_worker_threads_each_with_a_lane_of_its_own() {
-        let workers = Workers::start(2).expect("workers start");
+    async fn shared_jobs_run_on_the_worker_threads_each_with_a_lane_of_its_own() {
+        let workers = Workers::start(2, Scheduling::Shared).expect("workers start");
         // Two jobs that wait for each other (blocking their threads) must run on both worker threads at once.
         let barrier = Arc::new(Barrier::new(2));
         let mut reports = Vec::new();
@@ -116,5 +236,68 @@ mod tests {
         });
         drop(workers);
         assert!(on_end.await.is_err(), "the job was dropped with the workers");
+    }
+
+    /// Accepts `count` connections from `listener` (each opened from here) and hands them to `workers`; each
+    /// job reports its thread's lane, then holds its connection until `release` is dropped.
+    async fn serve_held(
+        workers: &Workers,
+        listener: &TcpListener,
+        count: usize,
+        release: &tokio::sync::watch::Receiver<()>,
+    ) -> (Vec<TcpStream>, Vec<usize>) {
+        let addr = listener.local_addr().expect("bound");
+        let mut clients = Vec::new();
+        let mut lanes = Vec::new();
+        for _ in 0..count {
+            clients.push(TcpStream::connect(addr).await.expect("connects"));
+            let (stream, _) = listener.accept().await.expect("accepts");
+            let (report, reported) = oneshot::channel();
+            let mut release = release.clone();
+            workers.serve_connection(stream, move |stream| async move {
+                let _ = report.send((std::thread::current().name().map(str::to_owned), pool::thread_lane()));
+                let _ = release.changed().await;
+                drop(stream);
+            });
+            let (thread, lane) = reported.await.expect("the connection was served");
+            assert_eq!(thread.as_deref(), Some("portico-worker"));
+            lanes.push(lane.expect("a worker thread has a lane"));
+        }
+        (clients, lanes)
+    }
+
+    #[tokio::test]
+    async fn pinned_connections_go_to_the_thread_serving_the_fewest_and_count_there_until_they_end() {
+        let workers = Workers::start(2, Scheduling::Pinned).expect("workers start");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let (release, held) = tokio::sync::watch::channel(());
+
+        let (_clients, lanes) = serve_held(&workers, &listener, 4, &held).await;
+        let mut by_lane = [0, 0];
+        for lane in lanes {
+            by_lane[lane] += 1;
+        }
+        assert_eq!(by_lane, [2, 2], "four connections, two on each thread");
+        assert_eq!(workers.loads(), [2, 2]);
+
+        // Ended connections stop counting, so the threads take new ones again.
+        drop(release);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while workers.loads() != [0, 0] {
+            assert!(tokio::time::Instant::now() < deadline, "loads stayed at {:?}", workers.loads());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        // Dropped from inside a runtime, the threads end, cancelling the connections they still serve.
+        let (ended, on_end) = oneshot::channel::<()>();
+        let stream = TcpStream::connect(listener.local_addr().expect("bound")).await.expect("connects");
+        let (accepted, _) = listener.accept().await.expect("accepts");
+        workers.serve_connection(accepted, move |_stream| async move {
+            let _ended = ended;
+            std::future::pending::<()>().await;
+        });
+        drop(workers);
+        assert!(on_end.await.is_err(), "the connection was dropped with the workers");
+        drop(stream);
     }
 }
