@@ -79,7 +79,14 @@ async fn run_gateway(args: GatewayArgs, shutdown: CancellationToken) -> Result<(
     let started = gateway::start(&DESCRIPTOR_POOL, config.clone(), shutdown.clone()).await?;
     gateway::catalog::reload::reload_on_sighup(&started.catalog, &shutdown);
     serve_admin(args.gateway.admin_listen, started.admin.clone(), &shutdown).await?;
-    tracing::info!(addr = %listener.local_addr()?, upstreams = ?config.upstreams, tls = started.tls.is_some(), "gateway listening");
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        upstreams = ?config.upstreams,
+        tls = started.tls.is_some(),
+        workers = config.workers,
+        pin_connections = config.pin_connections,
+        "gateway listening"
+    );
     serve_public(listener, started, &config, shutdown).await?;
     tracing::info!("gateway stopped");
     Ok(())
@@ -100,7 +107,13 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<(), BoxEr
     let started = gateway::start(&DESCRIPTOR_POOL, gateway_config.clone(), shutdown.clone()).await?;
     serve_admin(args.gateway.admin_listen, started.admin.clone(), &shutdown).await?;
     tracing::info!(addr = %grpc_addr, db = %user_service::store::redact_password(&user_config.database_url), "user service listening");
-    tracing::info!(addr = %http_listener.local_addr()?, tls = started.tls.is_some(), "gateway listening");
+    tracing::info!(
+        addr = %http_listener.local_addr()?,
+        tls = started.tls.is_some(),
+        workers = gateway_config.workers,
+        pin_connections = gateway_config.pin_connections,
+        "gateway listening"
+    );
 
     let user_service = tokio::spawn({
         let shutdown = shutdown.clone();

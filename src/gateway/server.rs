@@ -8,7 +8,6 @@
 //! doubles from 8 to 16 KiB, and the connection's task is sized for the larger HTTP/2 state.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -23,7 +22,7 @@ use tower::ServiceExt;
 
 use crate::gateway::GatewayConfig;
 use crate::gateway::peer::Peer;
-use crate::gateway::workers::{Scheduling, StartError, Workers};
+use crate::gateway::workers::{Connections, Occupancy, Scheduling, StartError, Workers};
 
 /// What a client sends first to speak HTTP/2 without TLS ("prior knowledge", RFC 9113 §3.3).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -52,9 +51,17 @@ impl Builders {
         Self { http1, http2 }
     }
 
-    /// Serves `io` on a task of its own (on the workers), sized for its protocol only.
-    fn spawn<I>(&self, io: I, protocol: Protocol, router: &Router, peer: SocketAddr, watcher: Watcher)
-    where
+    /// Serves `io` on a task of its own (on the workers), sized for its protocol only; the task holds the
+    /// connection's `occupancy` of its thread until the connection ends.
+    fn spawn<I>(
+        &self,
+        io: I,
+        protocol: Protocol,
+        router: &Router,
+        peer: SocketAddr,
+        watcher: Watcher,
+        occupancy: Occupancy,
+    ) where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
         // The router is built once; a connection only tags its requests with its peer (for X-Forwarded-For
@@ -68,10 +75,10 @@ impl Builders {
         let service = TowerToHyperService::new(service);
         match protocol {
             Protocol::Http1 => {
-                tokio::spawn(finish(watcher.watch(self.http1.serve_connection(io, service)), peer));
+                tokio::spawn(finish(watcher.watch(self.http1.serve_connection(io, service)), peer, occupancy));
             }
             Protocol::Http2 => {
-                tokio::spawn(finish(watcher.watch(self.http2.serve_connection(io, service)), peer));
+                tokio::spawn(finish(watcher.watch(self.http2.serve_connection(io, service)), peer, occupancy));
             }
         }
     }
@@ -95,7 +102,11 @@ async fn sniff(stream: &TcpStream) -> std::io::Result<Protocol> {
     }
 }
 
-async fn finish<E: std::fmt::Display>(connection: impl Future<Output = Result<(), E>>, peer: SocketAddr) {
+async fn finish<E: std::fmt::Display>(
+    connection: impl Future<Output = Result<(), E>>,
+    peer: SocketAddr,
+    _occupancy: Occupancy,
+) {
     if let Err(error) = connection.await {
         tracing::debug!(%error, %peer, "connection ended with an error");
     }
@@ -136,9 +147,10 @@ pub async fn serve_tls(
     run(listener, router, Some(tls), config, shutdown).await
 }
 
-/// Starts the workers and runs the accept loop on them, the listener moved to their reactor once, so every
-/// connection it accepts is theirs from the start; then ends the workers, which closes whatever outlived the
-/// drain.
+/// Starts the workers and runs the accept loop on them, the listener moved to their reactor once (shared, every
+/// connection it accepts is then theirs from the start; pinned, each moves on to its own thread's); then ends
+/// the workers, which closes whatever outlived the drain. Dropped before that, it ends them all the same: the
+/// loop holds only where to send connections, not the threads.
 async fn run(
     listener: TcpListener,
     router: Router,
@@ -147,14 +159,14 @@ async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     let scheduling = if config.pin_connections { Scheduling::Pinned } else { Scheduling::Shared };
-    let workers = Arc::new(Workers::start(config.workers, scheduling)?);
+    let workers = Workers::start(config.workers, scheduling)?;
     let listener = listener.into_std()?;
     let settings = LoopSettings {
         builders: Builders::new(config),
         handshake_timeout: config.header_read_timeout,
         drain_timeout: config.drain_timeout,
     };
-    let accepting = workers.spawn(accept_loop(listener, router, tls, settings, shutdown, Arc::clone(&workers)));
+    let accepting = workers.spawn(accept_loop(listener, router, tls, settings, shutdown, workers.connections()));
     let ended = accepting.await;
     drop(workers);
     match ended {
@@ -177,7 +189,7 @@ async fn accept_loop(
     tls: Option<TlsAcceptor>,
     settings: LoopSettings,
     shutdown: CancellationToken,
-    workers: Arc<Workers>,
+    connections: Connections,
 ) -> std::io::Result<()> {
     let LoopSettings { builders, handshake_timeout, drain_timeout } = settings;
     let listener = TcpListener::from_std(listener)?;
@@ -198,10 +210,12 @@ async fn accept_loop(
         let (builders, router, watcher, tls) = (builders.clone(), router.clone(), graceful.watcher(), tls.clone());
         // The protocol is found on a task of its own, so a slow client holds up nobody else; the connection is
         // then served on a task sized for its protocol, on the same thread when the threads are pinned.
-        workers.serve_connection(stream, move |stream| async move {
+        connections.serve(stream, move |stream, occupancy| async move {
             let Some(tls) = tls else {
                 match tokio::time::timeout(handshake_timeout, sniff(&stream)).await {
-                    Ok(Ok(protocol)) => builders.spawn(TokioIo::new(stream), protocol, &router, peer, watcher),
+                    Ok(Ok(protocol)) => {
+                        builders.spawn(TokioIo::new(stream), protocol, &router, peer, watcher, occupancy);
+                    }
                     Ok(Err(error)) => tracing::debug!(%error, %peer, "connection failed before its first request"),
                     Err(_) => tracing::debug!(%peer, "no request within the header read timeout"),
                 }
@@ -215,7 +229,7 @@ async fn accept_loop(
             // Over TLS, HTTP/2 is chosen by ALPN (RFC 9113 §3.2); a client that did not ask for it speaks HTTP/1.1.
             let protocol =
                 if stream.get_ref().1.alpn_protocol() == Some(b"h2") { Protocol::Http2 } else { Protocol::Http1 };
-            builders.spawn(TokioIo::new(stream), protocol, &router, peer, watcher);
+            builders.spawn(TokioIo::new(stream), protocol, &router, peer, watcher, occupancy);
         });
     }
     drop(listener);

@@ -11,12 +11,13 @@
 //! - **Shared** (the default): one work-stealing runtime. An idle thread takes work queued on a busy one, so a
 //!   thread waiting for the CPU holds up nobody else's requests. Stealing has its price: a thread that queues
 //!   work wakes an idle one, and a request's task, its upstream connection's task and the memory they touch
-//!   move between cores (some 4 µs of CPU per request on two cores, README "Performance").
+//!   move between cores (some 2–4 µs of CPU per request on two cores, README "Performance").
 //! - **Pinned** (`--pin-connections`): one single-threaded runtime per thread, each new connection given to
 //!   the thread serving the fewest and kept there, Envoy's and nginx's model. A request then lives on one
 //!   thread from the client's socket to the upstream's and back. It is cheaper, but a thread waiting for the
 //!   CPU stalls every connection it owns: on cores shared with other busy processes that tail was measured at
-//!   35 ms on one machine and not at all on another, so it is for a gateway with cores of its own.
+//!   35 ms on one machine and in one round of thirteen on another, so it is for a gateway with cores of its
+//!   own. The accept loop runs on the first thread, so a stall there delays new connections too.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -50,22 +51,35 @@ pub enum Scheduling {
 pub struct StartError(#[from] std::io::Error);
 
 /// The running data plane. Dropping it ends it, cancelling whatever it still runs (the accept loop drops it
-/// only after the drain).
+/// only after the drain). The accept loop holds only [`Connections`], which keeps nothing running: so dropping
+/// the caller of the loop (and with it this) ends the loop too.
 pub struct Workers {
     threads: Threads,
+    connections: Connections,
 }
 
+/// What keeps the threads running.
 enum Threads {
-    Shared { runtime: Option<Runtime>, handle: Handle },
-    Pinned { workers: Box<[PinnedWorker]>, next: AtomicUsize },
+    Shared(Option<Runtime>),
+    /// Each thread runs until its stop sender is dropped (with `self`).
+    Pinned {
+        _stops: Vec<oneshot::Sender<()>>,
+    },
 }
 
-/// A thread with a single-threaded runtime of its own, running until `stop` is dropped.
-struct PinnedWorker {
+/// Where accepted connections go: a cheap handle to the threads, for the accept loop.
+#[derive(Clone)]
+pub struct Connections(Arc<Placement>);
+
+enum Placement {
+    Shared(Handle),
+    Pinned { threads: Box<[PinnedThread]>, next: AtomicUsize },
+}
+
+struct PinnedThread {
     handle: Handle,
     /// Connections the thread is serving now.
     load: Arc<AtomicUsize>,
-    _stop: oneshot::Sender<()>,
 }
 
 impl Workers {
@@ -77,7 +91,7 @@ impl Workers {
     /// Threads that cannot be created (out of memory or threads).
     pub fn start(count: usize, scheduling: Scheduling) -> Result<Self, StartError> {
         let count = count.max(1);
-        let threads = match scheduling {
+        match scheduling {
             Scheduling::Shared => {
                 let started = Arc::new(AtomicUsize::new(0));
                 let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -89,52 +103,65 @@ impl Workers {
                     })
                     .enable_all()
                     .build()?;
-                Threads::Shared { handle: runtime.handle().clone(), runtime: Some(runtime) }
+                let connections = Connections(Arc::new(Placement::Shared(runtime.handle().clone())));
+                Ok(Self { threads: Threads::Shared(Some(runtime)), connections })
             }
             Scheduling::Pinned => {
-                let workers = (0..count).map(PinnedWorker::start).collect::<Result<Box<[_]>, _>>()?;
-                Threads::Pinned { workers, next: AtomicUsize::new(0) }
+                let (mut stops, mut threads) = (Vec::with_capacity(count), Vec::with_capacity(count));
+                for lane in 0..count {
+                    let (stop, thread) = start_pinned(lane)?;
+                    stops.push(stop);
+                    threads.push(thread);
+                }
+                let placement = Placement::Pinned { threads: threads.into(), next: AtomicUsize::new(0) };
+                Ok(Self { threads: Threads::Pinned { _stops: stops }, connections: Connections(Arc::new(placement)) })
             }
-        };
-        Ok(Self { threads })
-    }
-
-    /// Runs `task` on the workers (pinned: on the first thread).
-    pub fn spawn<T: Send + 'static>(&self, task: impl Future<Output = T> + Send + 'static) -> JoinHandle<T> {
-        match &self.threads {
-            Threads::Shared { handle, .. } => handle.spawn(task),
-            Threads::Pinned { workers, .. } => workers[0].handle.spawn(task),
         }
     }
 
+    /// Runs `task` (the accept loop) on the workers: pinned, on the first thread.
+    pub fn spawn<T: Send + 'static>(&self, task: impl Future<Output = T> + Send + 'static) -> JoinHandle<T> {
+        match &*self.connections.0 {
+            Placement::Shared(handle) => handle.spawn(task),
+            Placement::Pinned { threads, .. } => threads[0].handle.spawn(task),
+        }
+    }
+
+    /// Where the accept loop sends the connections it accepts.
+    pub fn connections(&self) -> Connections {
+        self.connections.clone()
+    }
+}
+
+impl Connections {
     /// Serves an accepted connection: `serve` runs on the workers with the stream registered where it will be
-    /// read. Pinned, the connection goes to the thread serving the fewest, which counts it until `serve` ends.
-    pub fn serve_connection<F, S>(&self, stream: TcpStream, serve: S)
+    /// read. Pinned, the connection goes to the thread serving the fewest, which counts it for as long as the
+    /// [`Occupancy`] given to `serve` lives: `serve` moves it into whatever task ends with the connection.
+    pub fn serve<F, S>(&self, stream: TcpStream, serve: S)
     where
-        S: FnOnce(TcpStream) -> F + Send + 'static,
+        S: FnOnce(TcpStream, Occupancy) -> F + Send + 'static,
         F: Future<Output = ()> + Send + 'static,
     {
-        match &self.threads {
-            Threads::Shared { handle, .. } => {
-                handle.spawn(serve(stream));
+        match &*self.0 {
+            Placement::Shared(handle) => {
+                handle.spawn(serve(stream, Occupancy(None)));
             }
-            Threads::Pinned { workers, next } => {
+            Placement::Pinned { threads, next } => {
                 // The socket leaves the accepting thread's reactor and joins its own thread's.
                 let stream = match stream.into_std() {
                     Ok(stream) => stream,
                     Err(error) => return tracing::debug!(%error, "cannot hand an accepted connection over"),
                 };
                 let start = next.fetch_add(1, Ordering::Relaxed);
-                let index = (0..workers.len())
-                    .map(|offset| (start + offset) % workers.len())
-                    .min_by_key(|&index| workers[index].load.load(Ordering::Relaxed))
+                let index = (0..threads.len())
+                    .map(|offset| (start + offset) % threads.len())
+                    .min_by_key(|&index| threads[index].load.load(Ordering::Relaxed))
                     .unwrap_or(0);
-                let worker = &workers[index];
-                let occupancy = Occupancy::new(&worker.load);
-                worker.handle.spawn(async move {
-                    let _occupancy = occupancy;
+                let thread = &threads[index];
+                let occupancy = Occupancy::counted(&thread.load);
+                thread.handle.spawn(async move {
                     match TcpStream::from_std(stream) {
-                        Ok(stream) => serve(stream).await,
+                        Ok(stream) => serve(stream, occupancy).await,
                         Err(error) => tracing::debug!(%error, "cannot register an accepted connection"),
                     }
                 });
@@ -144,41 +171,43 @@ impl Workers {
 
     /// Connections each pinned thread is serving now (empty when the threads are shared).
     pub fn loads(&self) -> Vec<usize> {
-        match &self.threads {
-            Threads::Shared { .. } => Vec::new(),
-            Threads::Pinned { workers, .. } => workers.iter().map(|w| w.load.load(Ordering::Relaxed)).collect(),
+        match &*self.0 {
+            Placement::Shared(_) => Vec::new(),
+            Placement::Pinned { threads, .. } => threads.iter().map(|t| t.load.load(Ordering::Relaxed)).collect(),
         }
     }
 }
 
-impl PinnedWorker {
-    fn start(lane: usize) -> Result<Self, StartError> {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let handle = runtime.handle().clone();
-        let (stop, stopped) = oneshot::channel::<()>();
-        std::thread::Builder::new().name("portico-worker".into()).spawn(move || {
-            pool::assign_thread_lane(lane);
-            let _ = runtime.block_on(stopped);
-            // Dropping the runtime here, on its own thread, cancels the tasks it still holds.
-        })?;
-        Ok(Self { handle, load: Arc::new(AtomicUsize::new(0)), _stop: stop })
-    }
+/// A thread with a single-threaded runtime of its own, running until the returned sender is dropped.
+fn start_pinned(lane: usize) -> Result<(oneshot::Sender<()>, PinnedThread), StartError> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let handle = runtime.handle().clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    std::thread::Builder::new().name("portico-worker".into()).spawn(move || {
+        pool::assign_thread_lane(lane);
+        let _ = runtime.block_on(stopped);
+        // Cancels the tasks it still holds, without waiting for blocking work (a DNS lookup) to finish.
+        runtime.shutdown_background();
+    })?;
+    Ok((stop, PinnedThread { handle, load: Arc::new(AtomicUsize::new(0)) }))
 }
 
-/// One connection counted on its thread, until dropped (when the connection ends, or is cancelled with the
-/// thread's runtime).
-struct Occupancy(Arc<AtomicUsize>);
+/// One connection counted on its pinned thread, until dropped (when the connection ends, or is cancelled with
+/// the thread's runtime). Counts nothing when the threads are shared.
+pub struct Occupancy(Option<Arc<AtomicUsize>>);
 
 impl Occupancy {
-    fn new(load: &Arc<AtomicUsize>) -> Self {
+    fn counted(load: &Arc<AtomicUsize>) -> Self {
         load.fetch_add(1, Ordering::Relaxed);
-        Self(Arc::clone(load))
+        Self(Some(Arc::clone(load)))
     }
 }
 
 impl Drop for Occupancy {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        if let Some(load) = &self.0 {
+            load.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -186,7 +215,7 @@ impl Drop for Workers {
     fn drop(&mut self) {
         // Without waiting: the caller is usually a task of another runtime, which must not block. Pinned
         // threads end when their stop senders drop with `self`.
-        if let Threads::Shared { runtime, .. } = &mut self.threads
+        if let Threads::Shared(runtime) = &mut self.threads
             && let Some(runtime) = runtime.take()
         {
             runtime.shutdown_background();
@@ -238,8 +267,9 @@ mod tests {
         assert!(on_end.await.is_err(), "the job was dropped with the workers");
     }
 
-    /// Accepts `count` connections from `listener` (each opened from here) and hands them to `workers`; each
-    /// job reports its thread's lane, then holds its connection until `release` is dropped.
+    /// Accepts `count` connections from `listener` (each opened from here) and hands them to `workers`. As the
+    /// server does, each job starts the connection's own task and returns; that task reports its thread's lane
+    /// and holds the connection, and its occupancy, until `release` is dropped.
     async fn serve_held(
         workers: &Workers,
         listener: &TcpListener,
@@ -254,10 +284,12 @@ mod tests {
             let (stream, _) = listener.accept().await.expect("accepts");
             let (report, reported) = oneshot::channel();
             let mut release = release.clone();
-            workers.serve_connection(stream, move |stream| async move {
-                let _ = report.send((std::thread::current().name().map(str::to_owned), pool::thread_lane()));
-                let _ = release.changed().await;
-                drop(stream);
+            workers.connections().serve(stream, move |stream, occupancy| async move {
+                tokio::spawn(async move {
+                    let _ = report.send((std::thread::current().name().map(str::to_owned), pool::thread_lane()));
+                    let _ = release.changed().await;
+                    drop((stream, occupancy));
+                });
             });
             let (thread, lane) = reported.await.expect("the connection was served");
             assert_eq!(thread.as_deref(), Some("portico-worker"));
@@ -278,13 +310,13 @@ mod tests {
             by_lane[lane] += 1;
         }
         assert_eq!(by_lane, [2, 2], "four connections, two on each thread");
-        assert_eq!(workers.loads(), [2, 2]);
+        assert_eq!(workers.connections().loads(), [2, 2]);
 
         // Ended connections stop counting, so the threads take new ones again.
         drop(release);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while workers.loads() != [0, 0] {
-            assert!(tokio::time::Instant::now() < deadline, "loads stayed at {:?}", workers.loads());
+        while workers.connections().loads() != [0, 0] {
+            assert!(tokio::time::Instant::now() < deadline, "loads stayed at {:?}", workers.connections().loads());
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
 
@@ -292,10 +324,12 @@ mod tests {
         let (ended, on_end) = oneshot::channel::<()>();
         let stream = TcpStream::connect(listener.local_addr().expect("bound")).await.expect("connects");
         let (accepted, _) = listener.accept().await.expect("accepts");
-        workers.serve_connection(accepted, move |_stream| async move {
+        let connections = workers.connections();
+        connections.serve(accepted, move |_stream, _occupancy| async move {
             let _ended = ended;
             std::future::pending::<()>().await;
         });
+        // The accept loop's handle on the threads keeps none of them running.
         drop(workers);
         assert!(on_end.await.is_err(), "the connection was dropped with the workers");
         drop(stream);

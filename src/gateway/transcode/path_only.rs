@@ -3,9 +3,10 @@
 //! bound fields, encodes it and drops it; for the commonest request a gateway serves, that is a tree built to
 //! be thrown away.
 //!
-//! The bytes are what prost-reflect would encode for the same message: each bound field once, in the order of
-//! the path, and a field without presence left out when it holds its default (`?id=0` on an `int64`), as
-//! proto3 writes it. The order of fields on the wire carries no meaning, so the decoded message is the same.
+//! The bytes decode to the message the general way builds: each bound field in the order of the path, and a
+//! field without presence left out when it holds its default (`/v1/items/0` for an `int64 id`), as proto3
+//! writes it. With the bindings in field-number order they are prost-reflect's own bytes; in another order, or
+//! with two bindings in one oneof (both written, the last wins when read), they decode the same.
 
 use bytes::Bytes;
 use prost::encoding;
