@@ -170,7 +170,8 @@ impl Connections {
     }
 
     /// Connections each pinned thread is serving now (empty when the threads are shared).
-    pub fn loads(&self) -> Vec<usize> {
+    #[cfg(test)]
+    fn loads(&self) -> Vec<usize> {
         match &*self.0 {
             Placement::Shared(_) => Vec::new(),
             Placement::Pinned { threads, .. } => threads.iter().map(|t| t.load.load(Ordering::Relaxed)).collect(),

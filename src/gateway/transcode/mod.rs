@@ -146,8 +146,7 @@ fn bind_path_and_query(
     let mut bound: HashSet<String> = HashSet::new();
     for (raw, field) in path.values.iter().zip(&route.path_fields) {
         let leaf = field.path.last().ok_or_else(|| GatewayError::BadRequest("empty path binding".into()))?;
-        let value = query::scalar_value(leaf, raw)
-            .map_err(|e| GatewayError::BadRequest(format!("path parameter {}: {e}", dotted(&field.path))))?;
+        let value = query::scalar_value(leaf, raw).map_err(|e| bad_path_value(&dotted(&field.path), &e))?;
         set_path(&mut message, &field.path, value, &field.path)?;
         if query.is_some() {
             bound.insert(dotted(&field.path));
@@ -195,6 +194,12 @@ fn display(value: &Value) -> String {
         Value::EnumNumber(n) => n.to_string(),
         other => format!("{other:?}"),
     }
+}
+
+/// A path value that does not parse as its field's type, named by the binding (`user.id`): one message for both
+/// ways a request is built.
+fn bad_path_value(binding: &str, error: &str) -> GatewayError {
+    GatewayError::BadRequest(format!("path parameter {binding}: {error}"))
 }
 
 pub(crate) fn dotted(path: &[FieldDescriptor]) -> String {

@@ -15,7 +15,7 @@ use prost_reflect::{FieldDescriptor, Kind, Value};
 use crate::gateway::error::GatewayError;
 use crate::gateway::rules::PathField;
 use crate::gateway::template::PathMatch;
-use crate::gateway::transcode::query;
+use crate::gateway::transcode::{bad_path_value, query};
 
 /// How a route's path variables become a request's wire bytes, when each binds a scalar field of the request
 /// message itself. A nested binding (`{user.id}`), a message (a wrapper, a Timestamp) or a repeated field goes
@@ -25,6 +25,8 @@ pub struct PathOnlyPlan {
     fields: Vec<BoundScalar>,
 }
 
+/// One binding, read from its descriptor once at load: prost-reflect's accessors look the field up again on
+/// every call.
 #[derive(Debug, Clone)]
 struct BoundScalar {
     field: FieldDescriptor,
@@ -89,7 +91,7 @@ impl BoundScalar {
         }
         let value = match query::scalar_value(&self.field, raw) {
             Ok(value) => value,
-            Err(e) => return Some(Err(GatewayError::BadRequest(format!("path parameter {}: {e}", self.field.name())))),
+            Err(e) => return Some(Err(bad_path_value(self.field.name(), &e))),
         };
         if !self.presence && value.is_default_for_field(&self.field) {
             return Some(Ok(()));
